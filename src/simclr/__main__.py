@@ -1,0 +1,7 @@
+"""``python -m simclr`` (and ``torchrun -m simclr``) runs the command line."""
+
+import sys
+
+from simclr.cli import main
+
+sys.exit(main())

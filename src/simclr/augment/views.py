@@ -1,0 +1,208 @@
+"""Two random views per image, batched on the images' device (Chen et al. 2020, appendix A)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from simclr.augment import functional as AF
+from simclr.augment.params import ViewParams, sample_view_params
+from simclr.config import AugmentConfig
+
+
+class SimCLRViews(nn.Module):
+    """The SimCLR augmentation: two independently augmented views of every image in a batch.
+
+    Stages, in the paper's order (arXiv 2002.05709, appendix A): random resized crop to
+    ``cfg.size`` (bilinear), horizontal flip, colour jitter with probability ``jitter_p`` (the
+    four operations in a random order per view), grayscale, Gaussian blur with a kernel of
+    ``blur_kernel_fraction`` of the side. The whole batch is processed at once, with
+    per-view random parameters, on whatever device the input is on (typically the GPU, fed
+    uint8 to keep the host-to-device copy small). Both views of an image are drawn
+    independently: the batch of ``2B`` views is augmented as one batch whose first ``B``
+    entries are the first views.
+
+    Randomness comes only from this module's own :class:`torch.Generator`, created on the
+    input's device at the first call and seeded from ``seed``: the same seed gives the same
+    views, and :meth:`get_rng_state` / :meth:`set_rng_state` let a checkpoint resume the
+    exact sequence of views.
+
+    Args:
+        cfg: The recipe (probabilities, ranges, output size).
+        seed: Seed of the generator.
+    """
+
+    def __init__(self, cfg: AugmentConfig, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.seed = int(seed)
+        self.blur_kernel = AF.blur_kernel_size(cfg.size, cfg.blur_kernel_fraction)
+        amounts = cfg.jitter_amounts()
+        self._jitter_ops = (
+            amounts[0] > 0,
+            amounts[1] > 0,
+            amounts[2] > 0,
+            amounts[3] > 0,
+        )
+        self._generator: torch.Generator | None = None
+        self._pending_state: Tensor | None = None
+
+    def extra_repr(self) -> str:
+        """Show the recipe in ``print(module)``."""
+        return f"cfg={self.cfg}, seed={self.seed}"
+
+    def _rng(self, device: torch.device) -> torch.Generator:
+        generator = self._generator
+        if generator is None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed)
+            if self._pending_state is not None:
+                _restore(generator, self._pending_state)
+                self._pending_state = None
+            self._generator = generator
+        elif not _same_device(generator.device, device):
+            raise RuntimeError(
+                f"SimCLRViews generator lives on {generator.device} but the images are on "
+                f"{device}; create a new SimCLRViews (or set_rng_state(torch.empty(0))) to "
+                "move it"
+            )
+        return generator
+
+    def get_rng_state(self) -> Tensor:
+        """The generator state, for checkpoints.
+
+        Returns:
+            A uint8 tensor on the CPU; empty when no view has been drawn yet (resuming from it
+            starts again from ``seed``).
+        """
+        if self._generator is None:
+            if self._pending_state is not None:
+                return self._pending_state.clone()
+            return torch.empty(0, dtype=torch.uint8)
+        return self._generator.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        """Restore a state from :meth:`get_rng_state`, so the next views repeat exactly.
+
+        Before the first call of the module the state is kept and applied when the generator
+        is created; a state from a generator on another device type fails then. An empty
+        state resets the module to a fresh generator seeded from ``seed``.
+        """
+        state = state.detach().to(device="cpu", dtype=torch.uint8)
+        if state.numel() == 0:
+            self._generator = None
+            self._pending_state = None
+        elif self._generator is None:
+            self._pending_state = state.clone()
+        else:
+            _restore(self._generator, state)
+
+    def sample_params(
+        self, batch_size: int, height: int, width: int, device: torch.device
+    ) -> ViewParams:
+        """Draw the parameters of ``batch_size`` views of ``height`` x ``width`` images."""
+        return sample_view_params(batch_size, height, width, self.cfg, self._rng(device))
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """Two augmented views of each image.
+
+        Args:
+            images: uint8 images (or floats in [0, 1]), either ``[B, C, H, W]`` of one size,
+                cropped here, or ``[B, 2, C, S, S]``: two crops per image already cut at the
+                output size (by :class:`simclr.augment.TwoCrops` in the loader workers), for
+                which the crop stage is skipped. ``C`` is 1 or 3; gray inputs are repeated to
+                RGB.
+
+        Returns:
+            The first and second views, float32 in [0, 1].
+
+        Shape:
+            - images: ``[B, C, H, W]`` or ``[B, 2, C, S, S]``
+            - outputs: two ``[B, 3, S, S]``, S = ``cfg.size``
+        """
+        size = self.cfg.size
+        if images.ndim == 5:
+            if images.shape[1] != 2:
+                raise ValueError(
+                    f"pre-cropped input must be [B, 2, C, S, S], got {tuple(images.shape)}"
+                )
+            if tuple(images.shape[-2:]) != (size, size):
+                raise ValueError(
+                    f"pre-cropped views must be {size}x{size} (augment.size), "
+                    f"got {images.shape[-2]}x{images.shape[-1]}"
+                )
+            n = images.shape[0]
+            views = images.transpose(0, 1).reshape(2 * n, *images.shape[2:])
+            x = _to_float(views)
+            params = self.sample_params(2 * n, size, size, images.device)
+        elif images.ndim == 4:
+            n, _, height, width = images.shape
+            params = self.sample_params(2 * n, height, width, images.device)
+            source = _to_float(images)
+            x = torch.cat(
+                [
+                    AF.resized_crop(source, params.boxes[:n], size),
+                    AF.resized_crop(source, params.boxes[n:], size),
+                ]
+            )
+        else:
+            raise ValueError(
+                f"images must be [B, C, H, W] or [B, 2, C, S, S], got {tuple(images.shape)}"
+            )
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1).contiguous()
+        elif x.shape[1] != 3:
+            raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
+        x = self.augment_colors(x, params)
+        return x[:n], x[n:]
+
+    def augment_colors(self, x: Tensor, params: ViewParams) -> Tensor:
+        """Every stage after the crop: flip, colour jitter, grayscale, blur.
+
+        Stages with probability 0 are skipped without touching the pixels.
+
+        Shape:
+            - x: ``[N, 3, S, S]`` float in [0, 1]
+            - output: ``[N, 3, S, S]``
+        """
+        cfg = self.cfg
+        if cfg.flip_p > 0:
+            x = AF.hflip(x, params.flip)
+        if cfg.jitter_p > 0 and any(self._jitter_ops):
+            x = AF.color_jitter(x, params, self._jitter_ops)
+        if cfg.grayscale_p > 0:
+            x = AF.grayscale(x, params.grayscale)
+        if cfg.blur_p > 0:
+            x = AF.gaussian_blur(x, params.sigma, self.blur_kernel, params.blur)
+        return x
+
+
+def _to_float(images: Tensor) -> Tensor:
+    """uint8 [0, 255] -> float32 [0, 1]; float input is taken as already in [0, 1]."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255)
+    if images.is_floating_point():
+        return images.to(torch.float32)
+    raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` name the same device when the current device is 0."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (
+        b.index if b.index is not None else current
+    )
+
+
+def _restore(generator: torch.Generator, state: Tensor) -> None:
+    try:
+        generator.set_state(state.to(device="cpu", dtype=torch.uint8))
+    except RuntimeError as err:
+        raise ValueError(
+            f"RNG state does not fit the {generator.device} generator of SimCLRViews: {err}"
+        ) from None

@@ -1,0 +1,61 @@
+"""Checkpoints: one dict of plain data, written atomically, read without unpickling code.
+
+A checkpoint holds ``model`` (state dict of the unwrapped :class:`SimCLR`), ``optimizer``,
+``scaler``, ``step``, ``epoch``, ``elapsed_s``, ``rng`` (tensors), ``config`` (a plain dict) and
+``schema``. It is written to a temporary file in the same folder, flushed to disk, then renamed
+over the target, so a crash leaves either the old file or the new one, never half of one. It is
+read with ``torch.load(weights_only=True)``, which refuses pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from simclr.errors import UserError
+
+SCHEMA = 1
+LATEST = "latest.pt"
+
+
+def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save({**state, "schema": SCHEMA}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Path | str) -> dict[str, Any]:
+    """Read a checkpoint file or a run folder's latest checkpoint, safely (``weights_only``).
+
+    Raises:
+        UserError: missing, truncated, foreign or unsafe files.
+    """
+    path = resolve_checkpoint(Path(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any parse failure means "not a usable checkpoint"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise UserError(f"{path} is not a simclr checkpoint")
+    if state.get("schema") != SCHEMA:
+        raise UserError(f"{path} has checkpoint schema {state.get('schema')}, expected {SCHEMA}")
+    return state
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file as given, or the latest checkpoint inside a run folder."""
+    if path.is_dir():
+        path = path / "checkpoints" / LATEST
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    return path

@@ -1,0 +1,276 @@
+"""Typed configuration: dataclasses hold every default, YAML and the command line overlay them.
+
+The resolution order is: dataclass defaults -> recipe (``--recipe``) -> YAML file (``--config``)
+-> command-line flags and ``--set section.key=value``. OmegaConf does the merging and the type
+checking (an unknown key or a value of the wrong type is an error); the result is converted back
+into these dataclasses, which the rest of the package reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from simclr.errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they are loaded."""
+
+    path: str = "digits"
+    """An image folder (class subfolders or flat), a torchvision CIFAR root, a ``.npy``/``.npz``
+    file of uint8 images, or the built-in ``digits``."""
+    in_memory: str = "auto"
+    """``auto`` decodes datasets of small images (at most 64 px) once into a uint8 tensor;
+    ``always`` / ``never`` force it."""
+    num_workers: int = 2
+    """Loader processes that decode and crop files (unused for in-memory data)."""
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The SimCLR view recipe (Chen et al. 2020, appendix A). Defaults are the ImageNet preset."""
+
+    size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    jitter_strength: float = 1.0
+    """s in the paper: brightness, contrast and saturation 0.8 s, hue 0.2 s unless set below."""
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+    hue: float | None = None
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_kernel_fraction: float = 0.1
+    """Blur kernel side as a fraction of the image side (made odd)."""
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def jitter_amounts(self) -> tuple[float, float, float, float]:
+        """(brightness, contrast, saturation, hue) after applying the strength rule."""
+        s = self.jitter_strength
+        return (
+            0.8 * s if self.brightness is None else self.brightness,
+            0.8 * s if self.contrast is None else self.contrast,
+            0.8 * s if self.saturation is None else self.saturation,
+            0.2 * s if self.hue is None else self.hue,
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder f and projection head g."""
+
+    backbone: str = "resnet50"
+    width: float = 1.0
+    """Channel multiplier of the ResNet (0.25 gives widths 16/32/64/128 on ResNet-18)."""
+    stem: str = "imagenet"
+    """``imagenet`` (7x7 stride-2 conv + max-pool) or ``cifar`` (3x3 stride-1 conv, no pool)."""
+    head: str = "v1"
+    """``v1``: 2 layers with ReLU; ``v2``: 3 layers with batch norm on every layer."""
+    head_hidden_dim: int | None = None
+    """Hidden width of the head; ``None`` uses the backbone's feature dimension."""
+    head_out_dim: int = 128
+    channels_last: bool = True
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule."""
+
+    name: str = "lars"
+    """``lars``, ``sgd``, ``adam`` or ``adamw``."""
+    lr: float = 0.3
+    """Base learning rate, scaled by ``lr_scaling``."""
+    lr_scaling: str = "linear"
+    """``linear``: lr x batch/256; ``sqrt``: lr x sqrt(batch) (the paper uses 0.075); ``none``."""
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    trust_coefficient: float = 0.001
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 10.0
+    """Linear warmup length; never more than a tenth of the run."""
+    min_lr_fraction: float = 0.0
+    """The cosine decays to this fraction of the peak learning rate."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The pretraining loop: budgets, precision, logging and checkpoints."""
+
+    batch_size: int = 4096
+    temperature: float = 0.1
+    epochs: int = 100
+    max_steps: int | None = None
+    max_time: float | None = None
+    """Seconds of training; the schedule then spans the budget, from the measured step time."""
+    seed: int = 0
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
+    precision: str = "auto"
+    """``auto`` (bf16 autocast on CUDA with bf16 support, fp32 elsewhere), ``bf16``, ``fp16``,
+    ``fp32``."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (one is always written at the end)."""
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Weighted kNN evaluation (Wu et al. 2018), as used by lightly and InstDisc."""
+
+    data: str | None = None
+    """Labelled test data; when set, ``pretrain`` runs kNN on it at the end."""
+    train_data: str | None = None
+    """Labelled reference data for kNN; ``None`` uses the training data."""
+    k: int = 200
+    temperature: float = 0.1
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a run needs; saved in the run folder and inside each checkpoint."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+RECIPES = ("cpu-small", "cifar10-resnet18", "imagenet-resnet50", "digits-demo")
+
+
+def recipe_overrides(name: str) -> dict[str, Any]:
+    """The YAML overrides of a named recipe (they ship in ``simclr/recipes``)."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    text = resources.files("simclr.recipes").joinpath(f"{name}.yaml").read_text()
+    loaded = yaml.safe_load(text) or {}
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a one-line error for a missing or malformed file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except OSError as err:
+        raise UserError(f"cannot read config file {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {_first_line(err)}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections, not a list or value")
+    return loaded
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """Turn ``section.key=value`` into a nested dict; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"override {text!r} must look like section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def build_config(*layers: dict[str, Any]) -> Config:
+    """Merge override layers (first to last) onto the defaults and validate the result."""
+    merged = OmegaConf.structured(Config)
+    OmegaConf.set_readonly(merged, False)
+    try:
+        for layer in layers:
+            merged = OmegaConf.merge(merged, OmegaConf.create(layer))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise UserError(f"invalid configuration: {_first_line(err)}") from None
+    assert isinstance(config, Config)
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """Plain nested dict of primitives (tuples become lists), safe for YAML, JSON and torch.save."""
+    return _plain(dataclasses.asdict(config))
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config saved by :func:`to_dict` (for example from a checkpoint)."""
+    return build_config(values)
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved configuration as YAML, diffable and reusable with ``--config``."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def validate(config: Config) -> None:
+    """Reject values that would fail later or silently train nonsense."""
+    t, o, m, a = config.train, config.optim, config.model, config.augment
+    checks = [
+        (t.batch_size >= 2, f"train.batch_size must be at least 2 (got {t.batch_size})"),
+        (t.temperature > 0, f"train.temperature must be > 0 (got {t.temperature})"),
+        (t.epochs >= 1, f"train.epochs must be at least 1 (got {t.epochs})"),
+        (t.max_steps is None or t.max_steps >= 1, "train.max_steps must be at least 1"),
+        (t.max_time is None or t.max_time > 0, "train.max_time must be > 0 seconds"),
+        (t.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
+        (t.log_every >= 1, "train.log_every must be at least 1"),
+        (t.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision: auto|bf16|fp16|fp32"),
+        (o.name in ("lars", "sgd", "adam", "adamw"), "optim.name must be lars, sgd, adam or adamw"),
+        (o.lr > 0, f"optim.lr must be > 0 (got {o.lr})"),
+        (o.lr_scaling in ("linear", "sqrt", "none"), "optim.lr_scaling: linear|sqrt|none"),
+        (o.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
+        (m.width > 0, f"model.width must be > 0 (got {m.width})"),
+        (m.stem in ("imagenet", "cifar"), "model.stem must be imagenet or cifar"),
+        (m.head in ("v1", "v2"), "model.head must be v1 or v2"),
+        (a.size >= 8, f"augment.size must be at least 8 px (got {a.size})"),
+        (0 < a.crop_scale[0] <= a.crop_scale[1] <= 1, "augment.crop_scale must be 0 < lo <= hi <= 1"),
+        (0 < a.crop_ratio[0] <= a.crop_ratio[1], "augment.crop_ratio must be 0 < lo <= hi"),
+        (0 < a.blur_sigma[0] <= a.blur_sigma[1], "augment.blur_sigma must be 0 < lo <= hi"),
+        (config.eval.k >= 1, "eval.k must be at least 1"),
+        (config.eval.temperature > 0, "eval.temperature must be > 0"),
+        (config.data.in_memory in ("auto", "always", "never"), "data.in_memory: auto|always|never"),
+        (config.data.num_workers >= 0, "data.num_workers must be >= 0"),
+    ]
+    for p_name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
+        p = getattr(a, p_name)
+        checks.append((0 <= p <= 1, f"augment.{p_name} must be a probability (got {p})"))
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

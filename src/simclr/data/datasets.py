@@ -1,0 +1,329 @@
+"""Datasets of images as uint8 tensors: image folders, CIFAR, numpy arrays and the built-in digits.
+
+Every dataset yields ``(image, label)`` with ``image`` a uint8 ``[3, H, W]`` tensor (grey, RGBA,
+CMYK and palette images are converted to RGB) and ``label`` an int (``-1`` when unlabelled).
+
+Two kinds exist, chosen by :func:`build_dataset`:
+
+* :class:`TensorImages` holds every image decoded once in one uint8 ``[N, 3, S, S]`` tensor. Small
+  images (up to 64 px: CIFAR, digits, thumbnails) are kept this way, so an epoch never decodes a
+  JPEG again and batches are cut by indexing.
+* :class:`FileImages` decodes files on demand in loader workers, for photographs of any size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from simclr.augment.loader import eval_resize
+from simclr.errors import UserError
+
+log = logging.getLogger("simclr")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+SMALL_IMAGE_SIDE = 64
+"""Datasets whose images are at most this many pixels on a side are decoded once into memory."""
+
+
+class ImageDataset(Dataset[tuple[Any, int]]):
+    """Common metadata: integer labels (``-1`` = unlabelled), class names and item names."""
+
+    def __init__(self, labels: Tensor, classes: Sequence[str], names: Sequence[str]) -> None:
+        self.labels = labels
+        self.classes = list(classes)
+        self.names = list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every item has a class label."""
+        return len(self.classes) > 0 and bool((self.labels >= 0).all())
+
+
+class TensorImages(ImageDataset):
+    """Images held in memory as one uint8 tensor.
+
+    Shape:
+        ``images``: ``[N, 3, S, S]`` uint8; ``labels``: ``[N]`` int64.
+    """
+
+    def __init__(
+        self, images: Tensor, labels: Tensor, classes: Sequence[str], names: Sequence[str]
+    ) -> None:
+        super().__init__(labels, classes, names)
+        self.images = images
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.labels[index])
+
+
+class FileImages(ImageDataset):
+    """Image files decoded on access; an unreadable file yields ``None`` and one warning."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        labels: Tensor,
+        classes: Sequence[str],
+        transform: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        super().__init__(labels, classes, paths)
+        self.transform = transform
+
+    def with_transform(self, transform: Callable[[Tensor], Tensor] | None) -> FileImages:
+        """The same files with another per-image transform (run in the loader workers)."""
+        return FileImages(self.names, self.labels, self.classes, transform)
+
+    def __getitem__(self, index: int) -> tuple[Tensor | None, int]:
+        image = read_image(self.names[index])
+        if image is not None and self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[index])
+
+
+def read_image(path: str) -> Tensor | None:
+    """Decode one file to uint8 ``[3, H, W]`` RGB; ``None`` (with a warning) if unreadable."""
+    try:
+        with Image.open(path) as img:
+            rgb = img.convert("RGB")
+        array = np.asarray(rgb, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        log.warning("skipping unreadable image %s: %s", path, err)
+        return None
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def build_dataset(
+    spec: str,
+    *,
+    split: str = "train",
+    size: int = 32,
+    in_memory: str = "auto",
+    num_workers: int = 2,
+) -> ImageDataset:
+    """Open the dataset named by ``spec``.
+
+    Args:
+        spec: ``digits`` (scikit-learn's 8x8 digits at ``size`` px), a ``.npy``/``.npz`` file of
+            uint8 images ``(N, H, W[, C])`` (an ``.npz`` may hold ``images`` and ``labels``), a
+            torchvision CIFAR-10/100 root (holding ``cifar-10-batches-py`` or
+            ``cifar-100-python``), or an image folder: class subfolders give labels, images
+            directly in the folder make it an unlabelled set.
+        split: ``train`` or ``test`` for datasets that carry both (digits, CIFAR).
+        size: Side of the square images kept in memory.
+        in_memory: ``auto`` (small images only), ``always`` or ``never``.
+        num_workers: Processes used to decode files.
+
+    Raises:
+        UserError: the path is missing, has no images, or is not a format we read.
+    """
+    if spec == "digits":
+        return digits_dataset(split=split, size=size)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"data path {spec} does not exist")
+    if path.is_file():
+        if path.suffix in (".npy", ".npz"):
+            return array_file_dataset(path, size=size)
+        raise UserError(f"data path {spec} is a file; expected a folder, .npy or .npz")
+    cifar = _cifar_dataset(path, split=split, size=size)
+    if cifar is not None:
+        return cifar
+    files = scan_folder(path)
+    if in_memory == "never":
+        return files
+    if in_memory == "auto" and not _looks_small(files.names):
+        return files
+    return decode_to_memory(files, size=size, num_workers=num_workers)
+
+
+def scan_folder(root: Path) -> FileImages:
+    """List the images of a folder: class subfolders (labelled) or a flat folder (unlabelled)."""
+    direct = sorted(e.path for e in os.scandir(root) if e.is_file() and _is_image(e.name))
+    subfolders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if direct:
+        paths = direct + [p for sub in subfolders for p in _images_below(root / sub)]
+        return FileImages(paths, torch.full((len(paths),), -1, dtype=torch.long), [])
+    paths, labels, classes = [], [], []
+    for sub in subfolders:
+        found = _images_below(root / sub)
+        if found:
+            labels += [len(classes)] * len(found)
+            classes.append(sub)
+            paths += found
+    if not paths:
+        raise UserError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return FileImages(paths, torch.tensor(labels, dtype=torch.long), classes)
+
+
+def decode_to_memory(files: FileImages, *, size: int, num_workers: int = 2) -> TensorImages:
+    """Decode every file once into a uint8 ``[N, 3, size, size]`` tensor, skipping bad files."""
+    resized = files.with_transform(EvalResize(size))
+    chunk = 256
+    loader = DataLoader(resized, batch_size=chunk, num_workers=num_workers, collate_fn=_stack_readable)
+    images, kept = [], []
+    for number, (batch_images, positions) in enumerate(loader):
+        if len(positions):
+            images.append(batch_images)
+            kept += (positions + number * chunk).tolist()
+    skipped = len(files) - len(kept)
+    if not kept:
+        raise UserError(f"none of the {len(files)} image files could be read")
+    if skipped:
+        log.warning("skipped %d unreadable image file(s) of %d", skipped, len(files))
+    index = torch.tensor(kept, dtype=torch.long)
+    names = [files.names[i] for i in kept]
+    return TensorImages(torch.cat(images), files.labels[index], files.classes, names)
+
+
+def digits_dataset(*, split: str = "train", size: int = 32) -> TensorImages:
+    """scikit-learn's 8x8 digits (1,797 images, 10 classes), upscaled to ``size`` px, RGB.
+
+    A fixed 80/20 split (seed 0, stratified by nothing but chance) gives ``train`` and ``test``.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = torch.from_numpy(digits.images).float() * (255.0 / 16.0)  # (N, 8, 8) in [0, 255]
+    images = torch.nn.functional.interpolate(
+        pixels[:, None], size=(size, size), mode="bilinear", align_corners=False
+    )
+    images = images.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+    labels = torch.from_numpy(digits.target).long()
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(order))
+    chosen = _split_indices(order, cut, split)
+    names = [f"digits/{i}" for i in chosen.tolist()]
+    return TensorImages(images[chosen], labels[chosen], [str(c) for c in range(10)], names)
+
+
+def array_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    *,
+    size: int = 32,
+    classes: Sequence[str] | None = None,
+) -> TensorImages:
+    """Wrap numpy images ``(N, H, W)`` or ``(N, H, W, C)`` uint8 (C = 1, 3 or 4) for training.
+
+    Images whose side differs from ``size`` are resized as for evaluation (shorter side, centre
+    crop). ``labels`` are class indices; ``classes`` optionally names them.
+    """
+    if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
+        raise UserError(
+            f"image arrays must be non-empty uint8 (N, H, W[, C]); got {images.dtype} {images.shape}"
+        )
+    tensor = torch.from_numpy(np.ascontiguousarray(images))
+    tensor = tensor[..., None] if tensor.ndim == 3 else tensor
+    channels = tensor.shape[-1]
+    if channels not in (1, 3, 4):
+        raise UserError(f"image arrays need 1, 3 or 4 channels, got {channels}")
+    tensor = tensor.permute(0, 3, 1, 2)[:, :3].expand(-1, 3, -1, -1)
+    if tensor.shape[-1] != size or tensor.shape[-2] != size:
+        tensor = torch.stack([eval_resize(img, size) for img in tensor])
+    if labels is None:
+        label_tensor = torch.full((len(tensor),), -1, dtype=torch.long)
+        class_names: list[str] = []
+    else:
+        if len(labels) != len(images):
+            raise UserError(f"{len(labels)} labels for {len(images)} images")
+        label_tensor = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        num_classes = int(label_tensor.max()) + 1
+        class_names = list(classes) if classes else [str(c) for c in range(num_classes)]
+    names = [f"array/{i}" for i in range(len(tensor))]
+    return TensorImages(tensor.contiguous(), label_tensor, class_names, names)
+
+
+def array_file_dataset(path: Path, *, size: int) -> TensorImages:
+    """Images from a ``.npy`` file, or an ``.npz`` with ``images`` and optional ``labels``."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    if isinstance(loaded, np.ndarray):
+        return array_dataset(loaded, size=size)
+    with loaded:
+        if "images" not in loaded:
+            raise UserError(f"{path} must hold an array named 'images' (and optionally 'labels')")
+        labels = loaded["labels"] if "labels" in loaded else None
+        return array_dataset(loaded["images"], labels, size=size)
+
+
+def _cifar_dataset(root: Path, *, split: str, size: int) -> TensorImages | None:
+    """torchvision's CIFAR-10/100 on-disk format, or ``None`` when ``root`` is not one."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    for folder, cls in (("cifar-10-batches-py", CIFAR10), ("cifar-100-python", CIFAR100)):
+        base = root.parent if root.name == folder else root
+        if (base / folder).is_dir():
+            try:
+                data = cls(str(base), train=split == "train", download=False)
+            except RuntimeError as err:
+                raise UserError(f"{base / folder} is not a complete CIFAR copy: {err}") from None
+            return array_dataset(data.data, np.asarray(data.targets), size=size, classes=data.classes)
+    return None
+
+
+class EvalResize:
+    """Picklable evaluation preprocessing for loader workers: :func:`eval_resize` to ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Tensor) -> Tensor:
+        if image.shape[-2:] == (self.size, self.size):
+            return image
+        return eval_resize(image, self.size)
+
+
+def _stack_readable(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, Tensor]:
+    """Collate in the worker: one tensor of the readable images and their positions."""
+    positions = [i for i, (image, _) in enumerate(batch) if image is not None]
+    if not positions:
+        return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+    stacked = torch.stack([batch[i][0] for i in positions])  # type: ignore[misc]
+    return stacked, torch.tensor(positions, dtype=torch.long)
+
+
+def _split_indices(order: Tensor, cut: int, split: str) -> Tensor:
+    if split == "train":
+        return order[:cut]
+    if split == "test":
+        return order[cut:]
+    raise UserError(f"unknown split {split!r}; choose train or test")
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _images_below(folder: Path) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+    return found
+
+
+def _looks_small(paths: Sequence[str], probe: int = 16) -> bool:
+    """Whether the first few readable images are all at most ``SMALL_IMAGE_SIDE`` px."""
+    sides = []
+    for path in paths[:probe]:
+        try:
+            with Image.open(path) as img:
+                sides.append(max(img.size))
+        except (OSError, UnidentifiedImageError):
+            continue
+    return bool(sides) and max(sides) <= SMALL_IMAGE_SIDE

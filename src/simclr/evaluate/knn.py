@@ -1,0 +1,109 @@
+"""Weighted k-nearest-neighbour classification of frozen features (Wu et al. 2018, InstDisc).
+
+The protocol used by lightly and most SSL papers: L2-normalised features, cosine similarity, the
+k most similar training items vote for their class with weight exp(similarity / temperature).
+It is not part of the SimCLR paper's protocol; it is the cheap monitor everybody reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simclr.config import EvalConfig
+from simclr.data.datasets import ImageDataset
+from simclr.evaluate.features import extract_features
+
+
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    *,
+    num_classes: int,
+    k: int = 200,
+    temperature: float = 0.1,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Class scores of each test item from its k nearest training items.
+
+    Features need not be normalised: this function L2-normalises both sets.
+
+    Shape:
+        train_features ``[N, D]``, train_labels ``[N]``, test_features ``[M, D]`` ->
+        scores ``[M, num_classes]`` (sort them for top-k predictions).
+    """
+    train = F.normalize(train_features.float(), dim=1)
+    k = min(k, len(train))
+    scores = []
+    for chunk in F.normalize(test_features.float(), dim=1).split(chunk_size):
+        similarity = chunk @ train.T  # (m, N)
+        top_sim, top_index = similarity.topk(k, dim=1)  # (m, k)
+        weights = (top_sim / temperature).exp()  # (m, k)
+        votes = torch.zeros(len(chunk), num_classes, dtype=weights.dtype)
+        votes.scatter_add_(1, train_labels[top_index], weights)  # (m, C)
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    test_labels: Tensor,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+) -> dict[str, Any]:
+    """Top-1 and top-5 accuracy (in percent) of :func:`knn_predict`, with the protocol."""
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    scores = knn_predict(
+        train_features, train_labels, test_features, num_classes=num_classes, k=k,
+        temperature=temperature,
+    )
+    ranked = scores.argsort(dim=1, descending=True)
+    hits = ranked == test_labels[:, None]
+    top5 = min(5, num_classes)
+    return {
+        "top1": round(100.0 * hits[:, 0].float().mean().item(), 2),
+        "top5": round(100.0 * hits[:, :top5].any(dim=1).float().mean().item(), 2),
+        "protocol": {
+            "method": "weighted kNN",
+            "k": k,
+            "temperature": temperature,
+            "similarity": "cosine",
+            "features": "backbone (h), L2-normalised",
+            "num_train": len(train_labels),
+            "num_test": len(test_labels),
+        },
+    }
+
+
+def evaluate_knn(
+    encoder: nn.Module,
+    train_set: ImageDataset,
+    test_set: ImageDataset,
+    *,
+    size: int,
+    cfg: EvalConfig,
+    device: torch.device | str = "cpu",
+    num_workers: int = 2,
+) -> dict[str, Any]:
+    """Extract frozen features of both sets with ``encoder`` and score them with weighted kNN."""
+    train_features, train_labels = extract_features(
+        encoder, train_set, size=size, batch_size=cfg.batch_size, device=device,
+        num_workers=num_workers,
+    )
+    test_features, test_labels = extract_features(
+        encoder, test_set, size=size, batch_size=cfg.batch_size, device=device,
+        num_workers=num_workers,
+    )
+    result = knn_accuracy(
+        train_features, train_labels, test_features, test_labels, k=cfg.k,
+        temperature=cfg.temperature,
+    )
+    result["protocol"]["preprocessing"] = f"resize to {size} px (centre crop 0.875 when larger)"
+    return result

@@ -1,0 +1,62 @@
+"""Projection head g: the MLP between the representation h and the contrastive space z."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class ProjectionHead(nn.Module):
+    """MLP projection head of SimCLR v1 and v2.
+
+    v1 (arXiv 2002.05709, section 2.1): ``num_layers=2`` -- Linear, ReLU, Linear.
+    v2 (arXiv 2006.10029, and the official code): ``num_layers=3`` with ``batch_norm=True`` --
+    every Linear is followed by batch norm, including the output layer, whose Linear has no bias
+    (the norm's shift replaces it) and no ReLU.
+
+    Args:
+        in_dim: Feature dimension of the backbone (h).
+        hidden_dim: Width of the hidden layers.
+        out_dim: Dimension of z (128 in the paper).
+        num_layers: Number of Linear layers (at least 1).
+        batch_norm: Batch norm after every Linear layer.
+
+    Shape:
+        input ``[B, in_dim]`` -> output ``[B, out_dim]``.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int = 2048,
+        out_dim: int = 128,
+        num_layers: int = 2,
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
+        for index, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+            last = index == num_layers - 1
+            layers.append(nn.Linear(d_in, d_out, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(d_out))
+            if not last:
+                layers.append(nn.ReLU(inplace=True))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Project features h to z."""
+        out: Tensor = self.layers(features)
+        return out
+
+
+def head_for_version(version: str, in_dim: int, hidden_dim: int | None, out_dim: int) -> ProjectionHead:
+    """The head of SimCLR ``v1`` (2 layers) or ``v2`` (3 layers with batch norm)."""
+    hidden = in_dim if hidden_dim is None else hidden_dim
+    if version == "v1":
+        return ProjectionHead(in_dim, hidden, out_dim, num_layers=2, batch_norm=False)
+    if version == "v2":
+        return ProjectionHead(in_dim, hidden, out_dim, num_layers=3, batch_norm=True)
+    raise ValueError(f"unknown head version {version!r}; choose v1 or v2")

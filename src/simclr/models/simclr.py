@@ -1,0 +1,46 @@
+"""SimCLR = encoder f + projection head g."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from simclr.config import ModelConfig
+from simclr.models.backbones import create_backbone
+from simclr.models.heads import ProjectionHead, head_for_version
+
+
+class SimCLR(nn.Module):
+    """Backbone f and projection head g as one module.
+
+    ``forward_features`` gives the representation h = f(x) used downstream (kNN, linear probe,
+    export); ``forward`` gives z = g(f(x)), used only by the contrastive loss (section 2.1 of the
+    paper: the representation before the head is the better one).
+
+    Args:
+        backbone: Module mapping ``[B, 3, H, W]`` images to ``[B, feature_dim]``.
+        feature_dim: Output dimension of the backbone.
+        head: The projection head; its input dimension must be ``feature_dim``.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, head: ProjectionHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.head = head
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> SimCLR:
+        """Build the model described by a :class:`ModelConfig`."""
+        backbone, dim = create_backbone(cfg.backbone, width=cfg.width, stem=cfg.stem)
+        head = head_for_version(cfg.head, dim, cfg.head_hidden_dim, cfg.head_out_dim)
+        return cls(backbone, dim, head)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Representation h. Shape: ``[B, 3, H, W]`` -> ``[B, feature_dim]``."""
+        features: Tensor = self.backbone(images)
+        return features.flatten(1)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Projection z. Shape: ``[B, 3, H, W]`` -> ``[B, out_dim]``."""
+        projected: Tensor = self.head(self.forward_features(images))
+        return projected

@@ -1,0 +1,302 @@
+"""The SimCLR pretraining loop: views on the device, forward, NT-Xent, backward, step.
+
+One flat loop in the style of torchvision's reference scripts and MoCo v3: the learning rate is a
+pure function of the global step, the data order a pure function of (seed, epoch), and a
+checkpoint holds everything needed to continue at the exact step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from simclr.augment.views import SimCLRViews
+from simclr.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from simclr.config import Config, to_dict, to_yaml
+from simclr.data.datasets import ImageDataset, build_dataset
+from simclr.data.loading import train_batches
+from simclr.errors import UserError
+from simclr.evaluate.knn import evaluate_knn
+from simclr.losses import NTXentLoss
+from simclr.metrics import MetricsLog
+from simclr.models.simclr import SimCLR
+from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, warmup_steps_for
+from simclr.runtime import autocast_dtype, resolve_device, resolve_precision
+
+log = logging.getLogger("simclr")
+
+TIMING_WARMUP_STEPS = 3
+"""Steps excluded from the step-time estimate (allocator and oneDNN/cuDNN warm-up)."""
+
+
+@dataclass
+class Budget:
+    """When training stops: the smallest of epochs, steps and wall-clock seconds.
+
+    With ``max_time`` the number of steps is estimated from the measured step time and refined
+    as training goes, so the warmup + cosine schedule spans the time budget.
+    """
+
+    steps_per_epoch: int
+    max_epochs: int
+    max_steps: int | None
+    max_time: float | None
+
+    @property
+    def step_limit(self) -> int:
+        """Steps allowed by the epoch and step budgets."""
+        limit = self.max_epochs * self.steps_per_epoch
+        return limit if self.max_steps is None else min(limit, self.max_steps)
+
+    def planned_steps(self, step: int, elapsed: float, seconds_per_step: float | None) -> int:
+        """Total steps the schedule should span, given the time spent so far."""
+        if self.max_time is None or seconds_per_step is None:
+            return self.step_limit
+        remaining = max(0.0, self.max_time - elapsed)
+        return max(step + 1, min(self.step_limit, step + math.ceil(remaining / seconds_per_step)))
+
+    def done(self, step: int, elapsed: float) -> bool:
+        """True at the first step past any budget."""
+        over_time = self.max_time is not None and elapsed >= self.max_time
+        return step >= self.step_limit or over_time
+
+
+def pretrain(
+    cfg: Config, run_dir: Path, *, resume: bool = False, dataset: ImageDataset | None = None
+) -> dict[str, Any]:
+    """Pretrain SimCLR as ``cfg`` says, writing checkpoints and logs into ``run_dir``.
+
+    Args:
+        cfg: The resolved configuration.
+        run_dir: Output folder (created); holds ``config.yaml``, ``metrics.jsonl``,
+            ``tensorboard/``, ``checkpoints/latest.pt`` and ``knn.json``.
+        resume: Continue from ``run_dir/checkpoints/latest.pt`` if it exists.
+        dataset: Training data given directly (Python API); default: ``cfg.data.path``.
+
+    Returns:
+        A summary: steps, epochs, seconds, last loss, skipped files and the kNN results.
+    """
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    tcfg = cfg.train
+    torch.manual_seed(tcfg.seed)
+    model = SimCLR.from_config(cfg.model).to(device)  # an unknown backbone fails before data loads
+    if dataset is None:
+        dataset = build_dataset(
+            cfg.data.path,
+            split="train",
+            size=cfg.augment.size,
+            in_memory=cfg.data.in_memory,
+            num_workers=cfg.data.num_workers,
+        )
+    if len(dataset) < tcfg.batch_size:
+        raise UserError(
+            f"batch size {tcfg.batch_size} is larger than the dataset ({len(dataset)} images)"
+        )
+    eval_sets = _eval_datasets(cfg, dataset)  # fail before training, not after
+
+    checkpoint_path = run_dir / "checkpoints" / LATEST
+    state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    _write_environment(run_dir, device, precision)
+
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
+    views = SimCLRViews(cfg.augment, seed=tcfg.seed)
+    criterion = NTXentLoss(tcfg.temperature)
+    optimizer = build_optimizer(model, cfg.optim, tcfg.batch_size)
+    peak_lr = scaled_lr(cfg.optim.lr, tcfg.batch_size, cfg.optim.lr_scaling)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    dtype = autocast_dtype(precision)
+    budget = Budget(len(dataset) // tcfg.batch_size, tcfg.epochs, tcfg.max_steps, tcfg.max_time)
+
+    step, elapsed_before = 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        views.set_rng_state(state["rng"]["views"])
+        torch.set_rng_state(state["rng"]["torch"])
+        step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
+        log.info("resumed from %s at step %d", checkpoint_path, step)
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "epoch": step // budget.steps_per_epoch,
+                "elapsed_s": elapsed(),
+                "rng": {"views": views.get_rng_state(), "torch": torch.get_rng_state()},
+                "config": to_dict(cfg),
+            },
+            checkpoint_path,
+        )
+
+    metrics = MetricsLog(run_dir)
+    start_time = time.perf_counter()
+    timing_start: tuple[int, float] | None = None  # (step, time) after the warm-up steps
+    window = (step, start_time)
+
+    def elapsed() -> float:
+        return elapsed_before + time.perf_counter() - start_time
+
+    def seconds_per_step() -> float | None:
+        if timing_start is None or step <= timing_start[0]:
+            return None
+        return (time.perf_counter() - timing_start[1]) / (step - timing_start[0])
+
+    skipped_files, loss_value, first_step = 0, float("nan"), step
+    model.train()
+    bar = tqdm(
+        total=budget.step_limit, initial=step, disable=not tcfg.progress, unit="step",
+        dynamic_ncols=True,
+    )
+    try:
+        while not budget.done(step, elapsed()):
+            epoch, offset = divmod(step, budget.steps_per_epoch)
+            step_at_epoch_start = step
+            for images, skipped in train_batches(
+                dataset, cfg.augment, batch_size=tcfg.batch_size, seed=tcfg.seed, epoch=epoch,
+                start=offset, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+            ):
+                skipped_files += skipped
+                if len(images) < 2:
+                    continue
+                total_steps = budget.planned_steps(step, elapsed(), seconds_per_step())
+                warmup = warmup_steps_for(
+                    cfg.optim.warmup_epochs, budget.steps_per_epoch, total_steps
+                )
+                lr = lr_at(step, total_steps, warmup, peak_lr, peak_lr * cfg.optim.min_lr_fraction)
+                set_lr(optimizer, lr)
+
+                view1, view2 = views(images.to(device, non_blocking=True))
+                both = torch.cat([view1, view2]).contiguous(memory_format=memory_format)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    z1, z2 = model(both).chunk(2)
+                    loss = criterion(z1, z2)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                bar.update(1)
+
+                if step - first_step == TIMING_WARMUP_STEPS:
+                    timing_start = (step, time.perf_counter())
+                if step % tcfg.log_every == 0 or budget.done(step, elapsed()):
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        raise UserError(
+                            f"loss became {loss_value} at step {step}; lower optim.lr or use "
+                            "train.precision=fp32"
+                        )
+                    now = time.perf_counter()
+                    rate = tcfg.batch_size * (step - window[0]) / max(now - window[1], 1e-9)
+                    window = (step, now)
+                    record = {
+                        "step": step, "epoch": step / budget.steps_per_epoch, "loss": loss_value,
+                        "lr": lr, "images_per_s": round(rate, 1),
+                        "elapsed_s": round(elapsed(), 2), "planned_steps": total_steps,
+                    }
+                    metrics.write(record)
+                    bar.total = total_steps
+                    bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+                if step % tcfg.checkpoint_every == 0:
+                    checkpoint()
+                if budget.done(step, elapsed()):
+                    break
+            if step == step_at_epoch_start:
+                raise UserError(f"no readable images in {cfg.data.path} (all files failed)")
+        checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
+        raise
+    finally:
+        bar.close()
+        metrics.close()
+    if skipped_files:
+        log.warning("skipped %d unreadable image file(s) during training", skipped_files)
+
+    summary: dict[str, Any] = {
+        "steps": step, "epochs": round(step / budget.steps_per_epoch, 3),
+        "train_seconds": round(elapsed(), 1), "final_loss": loss_value,
+        "skipped_files": skipped_files, "checkpoint": str(checkpoint_path),
+    }
+    if eval_sets is not None:
+        summary["knn"] = knn_with_baseline(model, cfg, *eval_sets, device=device)
+        (run_dir / "knn.json").write_text(json.dumps(summary["knn"], indent=2) + "\n")
+    return summary
+
+
+def knn_with_baseline(
+    model: SimCLR,
+    cfg: Config,
+    train_set: ImageDataset,
+    test_set: ImageDataset,
+    *,
+    device: torch.device,
+) -> dict[str, Any]:
+    """kNN accuracy of ``model`` and of the same architecture at random initialisation."""
+    torch.manual_seed(cfg.train.seed)
+    random_init = SimCLR.from_config(cfg.model).to(device)
+    results = {}
+    for name, candidate in (("trained", model), ("random_init", random_init)):
+        results[name] = evaluate_knn(
+            candidate.backbone, train_set, test_set, size=cfg.augment.size, cfg=cfg.eval,
+            device=device, num_workers=cfg.data.num_workers,
+        )
+    return results
+
+
+def _eval_datasets(
+    cfg: Config, train_data: ImageDataset
+) -> tuple[ImageDataset, ImageDataset] | None:
+    """The labelled (reference, test) sets of the end-of-run kNN, or ``None`` when not asked."""
+    if cfg.eval.data is None:
+        return None
+
+    def open_split(spec: str, split: str) -> ImageDataset:
+        return build_dataset(
+            spec, split=split, size=cfg.augment.size, in_memory=cfg.data.in_memory,
+            num_workers=cfg.data.num_workers,
+        )
+
+    test = open_split(cfg.eval.data, "test")
+    reference = train_data if cfg.eval.train_data is None else open_split(cfg.eval.train_data, "train")
+    for role, data in (("kNN reference (training) data", reference), ("eval data", test)):
+        if not data.has_labels:
+            raise UserError(f"the {role} has no labels; kNN needs class subfolders")
+    return reference, test
+
+
+def _write_environment(run_dir: Path, device: torch.device, precision: str) -> None:
+    """Record versions, device and git commit next to the run, for reproducibility."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    info = {
+        "torch": torch.__version__, "python": platform.python_version(),
+        "machine": platform.machine(), "processor": platform.processor(),
+        "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+        "git_commit": commit or None,
+    }
+    (run_dir / "environment.json").write_text(json.dumps(info, indent=2) + "\n")

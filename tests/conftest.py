@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny image folders made on the fly, and the --runslow switch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def write_image_folder(
+    root: Path, *, classes: int = 3, per_class: int = 8, size: int = 16, mode: str = "RGB"
+) -> Path:
+    """Class subfolders of random images; each class has its own mean colour."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            base = np.zeros((size, size, 3)) + 60 * c
+            pixels = np.clip(base + rng.integers(0, 80, (size, size, 3)), 0, 255).astype(np.uint8)
+            image = Image.fromarray(pixels).convert(mode)
+            image.save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return write_image_folder(tmp_path / "images")

@@ -1,0 +1,40 @@
+import torch
+
+from simclr.config import AugmentConfig
+from simclr.data.datasets import build_dataset
+from simclr.data.loading import epoch_batches, eval_batches, train_batches
+
+from ..conftest import write_image_folder
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    a = epoch_batches(10, 3, seed=0, epoch=0)
+    assert len(a) == 3 and all(len(b) == 3 for b in a)  # the incomplete batch is dropped
+    assert len(set(torch.cat(a).tolist())) == 9
+    assert all(torch.equal(x, y) for x, y in zip(a, epoch_batches(10, 3, seed=0, epoch=0)))
+    assert not torch.equal(torch.cat(a), torch.cat(epoch_batches(10, 3, seed=0, epoch=1)))
+    assert not torch.equal(torch.cat(a), torch.cat(epoch_batches(10, 3, seed=1, epoch=0)))
+
+
+def test_resuming_mid_epoch_gives_the_remaining_batches(image_folder):
+    data = build_dataset(str(image_folder), size=16)
+    cfg = AugmentConfig(size=16)
+    full = [b for b, _ in train_batches(data, cfg, batch_size=5, seed=3, epoch=2)]
+    rest = [b for b, _ in train_batches(data, cfg, batch_size=5, seed=3, epoch=2, start=2)]
+    assert len(full) == 4 and len(rest) == 2
+    assert all(torch.equal(x, y) for x, y in zip(full[2:], rest))
+
+
+def test_file_datasets_yield_two_crops_per_image(tmp_path):
+    root = write_image_folder(tmp_path / "big", classes=2, per_class=3, size=70)
+    data = build_dataset(str(root), size=24)
+    (root / "class_1" / "bad.jpg").write_bytes(b"xx")
+    data = build_dataset(str(root), size=24)
+    batches = list(
+        train_batches(data, AugmentConfig(size=24), batch_size=7, seed=0, epoch=0, num_workers=0)
+    )
+    images, skipped = batches[0]
+    assert images.shape == (6, 2, 3, 24, 24) and images.dtype == torch.uint8 and skipped == 1
+    evaluated = list(eval_batches(data, size=24, batch_size=4, num_workers=0))
+    assert sum(len(x) for x, _ in evaluated) == 6
+    assert sum(len(y) for _, y in evaluated) == 6

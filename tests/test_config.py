@@ -1,0 +1,90 @@
+import pytest
+
+from simclr.config import (
+    RECIPES,
+    Config,
+    build_config,
+    from_dict,
+    parse_assignment,
+    read_yaml,
+    recipe_overrides,
+    to_dict,
+)
+from simclr.errors import UserError
+
+
+def test_defaults_are_the_paper_imagenet_settings():
+    cfg = build_config()
+    assert isinstance(cfg, Config)
+    assert cfg.augment.size == 224 and cfg.augment.blur_p == 0.5
+    assert cfg.augment.jitter_amounts() == pytest.approx((0.8, 0.8, 0.8, 0.2))
+    assert cfg.optim.name == "lars" and cfg.optim.trust_coefficient == 0.001
+    assert cfg.train.temperature == 0.1
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_builds(name):
+    cfg = build_config(recipe_overrides(name))
+    assert cfg.train.batch_size >= 2
+
+
+def test_cpu_small_recipe_is_the_small_resnet():
+    cfg = build_config(recipe_overrides("cpu-small"))
+    assert (cfg.model.backbone, cfg.model.width, cfg.model.stem) == ("resnet18", 0.25, "cifar")
+    assert cfg.train.batch_size == 256 and cfg.augment.blur_p == 0.0
+    assert cfg.augment.jitter_amounts() == pytest.approx((0.4, 0.4, 0.4, 0.1))
+
+
+def test_layers_apply_in_order():
+    cfg = build_config(
+        recipe_overrides("cpu-small"), {"train": {"batch_size": 64}}, parse_assignment("train.batch_size=32")
+    )
+    assert cfg.train.batch_size == 32
+
+
+def test_assignment_parses_yaml_values():
+    assert parse_assignment("augment.crop_scale=[0.2, 1.0]") == {"augment": {"crop_scale": [0.2, 1.0]}}
+    assert parse_assignment("train.max_time=null") == {"train": {"max_time": None}}
+    with pytest.raises(UserError):
+        parse_assignment("no_equals_sign")
+
+
+def test_round_trip_through_plain_dict():
+    cfg = build_config(recipe_overrides("cifar10-resnet18"))
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "layer, words",
+    [
+        ({"train": {"bogus": 1}}, "bogus"),
+        ({"nosection": {"a": 1}}, "nosection"),
+        ({"train": {"batch_size": "many"}}, "many"),
+        ({"train": {"batch_size": 1}}, "batch_size"),
+        ({"train": {"temperature": 0}}, "temperature"),
+        ({"train": {"temperature": -0.5}}, "temperature"),
+        ({"augment": {"flip_p": 1.5}}, "flip_p"),
+        ({"optim": {"name": "rmsprop"}}, "optim.name"),
+    ],
+)
+def test_bad_values_are_user_errors(layer, words):
+    with pytest.raises(UserError, match=words):
+        build_config(layer)
+
+
+def test_unknown_recipe():
+    with pytest.raises(UserError, match="unknown recipe"):
+        recipe_overrides("imagenet-vit")
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {batch_size: [1, 2\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        read_yaml(bad)
+    with pytest.raises(UserError, match="cannot read"):
+        read_yaml(tmp_path / "missing.yaml")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="mapping"):
+        read_yaml(listing)

@@ -37,13 +37,17 @@ def test_cpu_small_recipe_is_the_small_resnet():
 
 def test_layers_apply_in_order():
     cfg = build_config(
-        recipe_overrides("cpu-small"), {"train": {"batch_size": 64}}, parse_assignment("train.batch_size=32")
+        recipe_overrides("cpu-small"),
+        {"train": {"batch_size": 64}},
+        parse_assignment("train.batch_size=32"),
     )
     assert cfg.train.batch_size == 32
 
 
 def test_assignment_parses_yaml_values():
-    assert parse_assignment("augment.crop_scale=[0.2, 1.0]") == {"augment": {"crop_scale": [0.2, 1.0]}}
+    assert parse_assignment("augment.crop_scale=[0.2, 1.0]") == {
+        "augment": {"crop_scale": [0.2, 1.0]}
+    }
     assert parse_assignment("train.max_time=null") == {"train": {"max_time": None}}
     with pytest.raises(UserError):
         parse_assignment("no_equals_sign")

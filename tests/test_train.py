@@ -19,8 +19,13 @@ TINY = {
     "augment": {"size": 16, "blur_p": 0.5},
     "optim": {"name": "lars", "lr": 0.3, "warmup_epochs": 1},
     "train": {
-        "batch_size": 8, "epochs": 100, "device": "cpu", "precision": "fp32", "log_every": 1,
-        "checkpoint_every": 3, "progress": False,
+        "batch_size": 8,
+        "epochs": 100,
+        "device": "cpu",
+        "precision": "fp32",
+        "log_every": 1,
+        "checkpoint_every": 3,
+        "progress": False,
     },
     "data": {"num_workers": 0},
 }
@@ -31,9 +36,14 @@ def tiny_config(folder, **train):
 
 
 def test_pretrain_writes_logs_checkpoint_and_knn(image_folder, tmp_path):
-    cfg = build_config(TINY, {
-        "data": {"path": str(image_folder)}, "train": {"max_steps": 4}, "eval": {"data": str(image_folder)}
-    })
+    cfg = build_config(
+        TINY,
+        {
+            "data": {"path": str(image_folder)},
+            "train": {"max_steps": 4},
+            "eval": {"data": str(image_folder)},
+        },
+    )
     run = tmp_path / "run"
     summary = pretrain(cfg, run)
     assert summary["steps"] == 4
@@ -85,16 +95,43 @@ def test_resume_continues_exactly(image_folder, tmp_path, monkeypatch):
 def test_sigkill_then_resume_from_last_checkpoint(image_folder, tmp_path):
     run = tmp_path / "run"
     command = [
-        sys.executable, "-m", "simclr", "pretrain", "--data", str(image_folder), "--out", str(run),
-        "--batch-size", "8", "--device", "cpu", "--precision", "fp32", "--checkpoint-every", "2",
-        "--set", "model.width=0.0625", "--set", "model.backbone=resnet18", "--set", "model.stem=cifar",
-        "--set", "augment.size=16", "--set", "train.log_every=1", "--set", "train.progress=false",
-        "--set", "data.num_workers=0",
+        sys.executable,
+        "-m",
+        "simclr",
+        "pretrain",
+        "--data",
+        str(image_folder),
+        "--out",
+        str(run),
+        "--batch-size",
+        "8",
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--checkpoint-every",
+        "2",
+        "--set",
+        "model.width=0.0625",
+        "--set",
+        "model.backbone=resnet18",
+        "--set",
+        "model.stem=cifar",
+        "--set",
+        "augment.size=16",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        "train.progress=false",
+        "--set",
+        "data.num_workers=0",
     ]
     process = subprocess.Popen([*command, "--max-steps", "100000"], stderr=subprocess.DEVNULL)
     checkpoint = run / "checkpoints" / "latest.pt"
     deadline = time.time() + 120
-    while time.time() < deadline and (not checkpoint.exists() or load_checkpoint(checkpoint)["step"] < 4):
+    while time.time() < deadline and (
+        not checkpoint.exists() or load_checkpoint(checkpoint)["step"] < 4
+    ):
         time.sleep(0.2)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
@@ -107,7 +144,9 @@ def test_sigkill_then_resume_from_last_checkpoint(image_folder, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == saved_step + 2
-    after = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()[logged_before:]]
+    after = [
+        json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()[logged_before:]
+    ]
     assert [r["step"] for r in after] == [saved_step + 1, saved_step + 2]
     assert load_checkpoint(checkpoint)["step"] == saved_step + 2
 

@@ -9,6 +9,7 @@ read with ``torch.load(weights_only=True)``, which refuses pickled code.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -59,3 +60,18 @@ def resolve_checkpoint(path: Path) -> Path:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     return path
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run folder of a checkpoint (``RUN/checkpoints/x.pt`` -> ``RUN``), else its folder."""
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file: the identity of a checkpoint in every reported number."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -7,7 +7,6 @@ Configuration is resolved as: dataclass defaults -> ``--recipe`` -> ``--config F
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -92,7 +91,11 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     for flag, key, kind in _FLAG_KEYS:
         flags.add_argument(flag, dest=key.replace(".", "__"), type=kind, help=f"sets {key}")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override any config field, e.g. --set optim.lr=0.5 (repeatable)",
     )
 
@@ -159,52 +162,39 @@ def _run_pretrain(args: argparse.Namespace) -> int:
 
 
 def _run_knn(args: argparse.Namespace) -> int:
-    import torch
-
-    from simclr.checkpoint import load_checkpoint, resolve_checkpoint
-    from simclr.config import from_dict
-    from simclr.data.datasets import build_dataset
-    from simclr.evaluate.knn import evaluate_knn
-    from simclr.models.simclr import SimCLR
+    from simclr.checkpoint import run_dir_of
+    from simclr.evaluate.features import dataset_features, load_encoder
+    from simclr.evaluate.knn import knn_accuracy
     from simclr.runtime import resolve_device
 
-    path = resolve_checkpoint(args.checkpoint)
-    state = load_checkpoint(path)
-    cfg = from_dict(state["config"])
+    encoder = load_encoder(args.checkpoint, random_init=args.random_init)
+    cfg = encoder.config
     device = resolve_device(args.device or cfg.train.device)
     workers = cfg.data.num_workers if args.workers is None else args.workers
-    model = SimCLR.from_config(cfg.model)
-    if args.random_init:
-        torch.manual_seed(cfg.train.seed)
-        model = SimCLR.from_config(cfg.model)
-    else:
-        model.load_state_dict(state["model"])
     sets = []
     for spec, split in ((args.train_data, "train"), (args.test_data, "test")):
-        data = build_dataset(
-            spec, split=split, size=cfg.augment.size, in_memory=cfg.data.in_memory,
+        features, _, protocol = dataset_features(
+            encoder,
+            spec,
+            split=split,
+            device=device,
             num_workers=workers,
+            batch_size=cfg.eval.batch_size,
         )
-        if not data.has_labels:
+        if not features.has_labels:
             raise UserError(f"{spec} has no labels; kNN needs class subfolders")
-        sets.append(data)
-    eval_cfg = cfg.eval
-    if args.k is not None or args.temperature is not None:
-        from dataclasses import replace
-
-        eval_cfg = replace(
-            eval_cfg, k=args.k or eval_cfg.k, temperature=args.temperature or eval_cfg.temperature
-        )
-    result = evaluate_knn(
-        model.to(device).backbone, sets[0], sets[1], size=cfg.augment.size, cfg=eval_cfg,
-        device=device, num_workers=workers,
+        sets.append((features, protocol))
+    (train, train_protocol), (test, _) = sets
+    k = args.k or cfg.eval.k
+    temperature = args.temperature or cfg.eval.temperature
+    result = knn_accuracy(
+        train.features, train.labels, test.features, test.labels, k=k, temperature=temperature
     )
-    result["checkpoint"] = {
-        "path": str(path), "sha256": _sha256(path), "step": state["step"],
-        "weights": "random init" if args.random_init else "trained",
-    }
+    result["protocol"]["preprocessing"] = train_protocol["preprocessing"]
+    result["checkpoint"] = encoder.info
     suffix = "-random-init" if args.random_init else ""
-    out = args.out or path.parent.parent / f"knn-{path.stem}{suffix}.json"
+    path = Path(encoder.info["path"])
+    out = args.out or run_dir_of(path) / f"knn-{path.stem}{suffix}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return 0
@@ -239,14 +229,6 @@ def _run_recipes(args: argparse.Namespace) -> int:
     for name in RECIPES:
         print(f"{name}: {json.dumps(recipe_overrides(name))}")
     return 0
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -214,7 +214,8 @@ def build_config(*layers: dict[str, Any]) -> Config:
 
 def to_dict(config: Config) -> dict[str, Any]:
     """Plain nested dict of primitives (tuples become lists), safe for YAML, JSON and torch.save."""
-    return _plain(dataclasses.asdict(config))
+    plain: dict[str, Any] = _plain(dataclasses.asdict(config))
+    return plain
 
 
 def from_dict(values: dict[str, Any]) -> Config:
@@ -248,7 +249,10 @@ def validate(config: Config) -> None:
         (m.stem in ("imagenet", "cifar"), "model.stem must be imagenet or cifar"),
         (m.head in ("v1", "v2"), "model.head must be v1 or v2"),
         (a.size >= 8, f"augment.size must be at least 8 px (got {a.size})"),
-        (0 < a.crop_scale[0] <= a.crop_scale[1] <= 1, "augment.crop_scale must be 0 < lo <= hi <= 1"),
+        (
+            0 < a.crop_scale[0] <= a.crop_scale[1] <= 1,
+            "augment.crop_scale must be 0 < lo <= hi <= 1",
+        ),
         (0 < a.crop_ratio[0] <= a.crop_ratio[1], "augment.crop_ratio must be 0 < lo <= hi"),
         (0 < a.blur_sigma[0] <= a.blur_sigma[1], "augment.blur_sigma must be 0 < lo <= hi"),
         (config.eval.k >= 1, "eval.k must be at least 1"),

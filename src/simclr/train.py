@@ -112,7 +112,7 @@ def pretrain(
     _write_environment(run_dir, device, precision)
 
     memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)  # type: ignore[call-overload]
+    model = model.to(memory_format=memory_format)
     views = SimCLRViews(cfg.augment, seed=tcfg.seed)
     criterion = NTXentLoss(tcfg.temperature)
     optimizer = build_optimizer(model, cfg.optim, tcfg.batch_size)
@@ -162,7 +162,10 @@ def pretrain(
     skipped_files, loss_value, first_step = 0, float("nan"), step
     model.train()
     bar = tqdm(
-        total=budget.step_limit, initial=step, disable=not tcfg.progress, unit="step",
+        total=budget.step_limit,
+        initial=step,
+        disable=not tcfg.progress,
+        unit="step",
         dynamic_ncols=True,
     )
     try:
@@ -170,8 +173,14 @@ def pretrain(
             epoch, offset = divmod(step, budget.steps_per_epoch)
             step_at_epoch_start = step
             for images, skipped in train_batches(
-                dataset, cfg.augment, batch_size=tcfg.batch_size, seed=tcfg.seed, epoch=epoch,
-                start=offset, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+                dataset,
+                cfg.augment,
+                batch_size=tcfg.batch_size,
+                seed=tcfg.seed,
+                epoch=epoch,
+                start=offset,
+                num_workers=cfg.data.num_workers,
+                pin_memory=device.type == "cuda",
             ):
                 skipped_files += skipped
                 if len(images) < 2:
@@ -208,9 +217,13 @@ def pretrain(
                     rate = tcfg.batch_size * (step - window[0]) / max(now - window[1], 1e-9)
                     window = (step, now)
                     record = {
-                        "step": step, "epoch": step / budget.steps_per_epoch, "loss": loss_value,
-                        "lr": lr, "images_per_s": round(rate, 1),
-                        "elapsed_s": round(elapsed(), 2), "planned_steps": total_steps,
+                        "step": step,
+                        "epoch": step / budget.steps_per_epoch,
+                        "loss": loss_value,
+                        "lr": lr,
+                        "images_per_s": round(rate, 1),
+                        "elapsed_s": round(elapsed(), 2),
+                        "planned_steps": total_steps,
                     }
                     metrics.write(record)
                     bar.total = total_steps
@@ -233,9 +246,12 @@ def pretrain(
         log.warning("skipped %d unreadable image file(s) during training", skipped_files)
 
     summary: dict[str, Any] = {
-        "steps": step, "epochs": round(step / budget.steps_per_epoch, 3),
-        "train_seconds": round(elapsed(), 1), "final_loss": loss_value,
-        "skipped_files": skipped_files, "checkpoint": str(checkpoint_path),
+        "steps": step,
+        "epochs": round(step / budget.steps_per_epoch, 3),
+        "train_seconds": round(elapsed(), 1),
+        "final_loss": loss_value,
+        "skipped_files": skipped_files,
+        "checkpoint": str(checkpoint_path),
     }
     if eval_sets is not None:
         summary["knn"] = knn_with_baseline(model, cfg, *eval_sets, device=device)
@@ -251,14 +267,19 @@ def knn_with_baseline(
     *,
     device: torch.device,
 ) -> dict[str, Any]:
-    """kNN accuracy of ``model`` and of the same architecture at random initialisation."""
+    """KNN accuracy of ``model`` and of the same architecture at random initialisation."""
     torch.manual_seed(cfg.train.seed)
     random_init = SimCLR.from_config(cfg.model).to(device)
     results = {}
     for name, candidate in (("trained", model), ("random_init", random_init)):
         results[name] = evaluate_knn(
-            candidate.backbone, train_set, test_set, size=cfg.augment.size, cfg=cfg.eval,
-            device=device, num_workers=cfg.data.num_workers,
+            candidate.backbone,
+            train_set,
+            test_set,
+            size=cfg.augment.size,
+            cfg=cfg.eval,
+            device=device,
+            num_workers=cfg.data.num_workers,
         )
     return results
 
@@ -272,12 +293,17 @@ def _eval_datasets(
 
     def open_split(spec: str, split: str) -> ImageDataset:
         return build_dataset(
-            spec, split=split, size=cfg.augment.size, in_memory=cfg.data.in_memory,
+            spec,
+            split=split,
+            size=cfg.augment.size,
+            in_memory=cfg.data.in_memory,
             num_workers=cfg.data.num_workers,
         )
 
     test = open_split(cfg.eval.data, "test")
-    reference = train_data if cfg.eval.train_data is None else open_split(cfg.eval.train_data, "train")
+    reference = (
+        train_data if cfg.eval.train_data is None else open_split(cfg.eval.train_data, "train")
+    )
     for role, data in (("kNN reference (training) data", reference), ("eval data", test)):
         if not data.has_labels:
             raise UserError(f"the {role} has no labels; kNN needs class subfolders")
@@ -288,15 +314,22 @@ def _write_environment(run_dir: Path, device: torch.device, precision: str) -> N
     """Record versions, device and git commit next to the run, for reproducibility."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).parent,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     info = {
-        "torch": torch.__version__, "python": platform.python_version(),
-        "machine": platform.machine(), "processor": platform.processor(),
-        "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
         "git_commit": commit or None,
     }
     (run_dir / "environment.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -26,7 +26,7 @@ def test_labelled_folder_is_decoded_once_into_memory(image_folder):
     assert data.labels.tolist() == [0] * 8 + [1] * 8 + [2] * 8
     assert data.has_labels
     # pixels survive decoding exactly (PNG is lossless)
-    expected = np.asarray(Image.open(image_folder / "class_1" / "3.png"))
+    expected = np.array(Image.open(image_folder / "class_1" / "3.png"))
     assert torch.equal(data.images[8 + 3], torch.from_numpy(expected).permute(2, 0, 1))
 
 

@@ -11,7 +11,9 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
     a = epoch_batches(10, 3, seed=0, epoch=0)
     assert len(a) == 3 and all(len(b) == 3 for b in a)  # the incomplete batch is dropped
     assert len(set(torch.cat(a).tolist())) == 9
-    assert all(torch.equal(x, y) for x, y in zip(a, epoch_batches(10, 3, seed=0, epoch=0)))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a, epoch_batches(10, 3, seed=0, epoch=0), strict=True)
+    )
     assert not torch.equal(torch.cat(a), torch.cat(epoch_batches(10, 3, seed=0, epoch=1)))
     assert not torch.equal(torch.cat(a), torch.cat(epoch_batches(10, 3, seed=1, epoch=0)))
 
@@ -22,7 +24,7 @@ def test_resuming_mid_epoch_gives_the_remaining_batches(image_folder):
     full = [b for b, _ in train_batches(data, cfg, batch_size=5, seed=3, epoch=2)]
     rest = [b for b, _ in train_batches(data, cfg, batch_size=5, seed=3, epoch=2, start=2)]
     assert len(full) == 4 and len(rest) == 2
-    assert all(torch.equal(x, y) for x, y in zip(full[2:], rest))
+    assert all(torch.equal(x, y) for x, y in zip(full[2:], rest, strict=True))
 
 
 def test_file_datasets_yield_two_crops_per_image(tmp_path):
@@ -36,5 +38,9 @@ def test_file_datasets_yield_two_crops_per_image(tmp_path):
     images, skipped = batches[0]
     assert images.shape == (6, 2, 3, 24, 24) and images.dtype == torch.uint8 and skipped == 1
     evaluated = list(eval_batches(data, size=24, batch_size=4, num_workers=0))
-    assert sum(len(x) for x, _ in evaluated) == 6
-    assert sum(len(y) for _, y in evaluated) == 6
+    index = torch.cat([i for _, _, i in evaluated])
+    labels = torch.cat([y for _, y, _ in evaluated])
+    assert sum(len(x) for x, _, _ in evaluated) == 6 and len(index) == 6
+    bad = data.names.index(str(root / "class_1" / "bad.jpg"))
+    assert bad not in index.tolist()  # the unreadable file is dropped, the rest stay aligned
+    assert torch.equal(labels, data.labels[index])

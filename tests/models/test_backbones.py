@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from simclr.config import ModelConfig
 from simclr.errors import UserError
 from simclr.models import ProjectionHead, SimCLR, create_backbone, list_backbones
 from simclr.models.heads import head_for_version
-from simclr.config import ModelConfig
 
 
 @pytest.mark.parametrize("name", list_backbones())
@@ -31,7 +31,10 @@ def test_full_width_matches_torchvision_parameter_count():
     reference = torchvision.models.resnet50()
     ours, _ = create_backbone("resnet50")
     fc = sum(p.numel() for p in reference.fc.parameters())
-    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters()) - fc
+    assert (
+        sum(p.numel() for p in ours.parameters())
+        == sum(p.numel() for p in reference.parameters()) - fc
+    )
 
 
 def test_cifar_stem_keeps_resolution():
@@ -61,7 +64,9 @@ def test_heads_v1_and_v2_layouts():
 
 
 def test_simclr_features_and_projection():
-    model = SimCLR.from_config(ModelConfig(backbone="resnet18", width=0.125, stem="cifar", head="v2"))
+    model = SimCLR.from_config(
+        ModelConfig(backbone="resnet18", width=0.125, stem="cifar", head="v2")
+    )
     x = torch.rand(4, 3, 32, 32)
     h = model.forward_features(x)
     z = model(x)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,18 @@ from simclr.errors import UserError
 
 log = logging.getLogger("simclr")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+)
 SMALL_IMAGE_SIDE = 64
 """Datasets whose images are at most this many pixels on a side are decoded once into memory."""
 
@@ -152,11 +163,15 @@ def build_dataset(
 def scan_folder(root: Path) -> FileImages:
     """List the images of a folder: class subfolders (labelled) or a flat folder (unlabelled)."""
     direct = sorted(e.path for e in os.scandir(root) if e.is_file() and _is_image(e.name))
-    subfolders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    subfolders = sorted(
+        e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
+    )
     if direct:
-        paths = direct + [p for sub in subfolders for p in _images_below(root / sub)]
-        return FileImages(paths, torch.full((len(paths),), -1, dtype=torch.long), [])
-    paths, labels, classes = [], [], []
+        everything = direct + [p for sub in subfolders for p in _images_below(root / sub)]
+        return FileImages(everything, torch.full((len(everything),), -1, dtype=torch.long), [])
+    paths: list[str] = []
+    labels: list[int] = []
+    classes: list[str] = []
     for sub in subfolders:
         found = _images_below(root / sub)
         if found:
@@ -170,22 +185,39 @@ def scan_folder(root: Path) -> FileImages:
 
 def decode_to_memory(files: FileImages, *, size: int, num_workers: int = 2) -> TensorImages:
     """Decode every file once into a uint8 ``[N, 3, size, size]`` tensor, skipping bad files."""
-    resized = files.with_transform(EvalResize(size))
-    chunk = 256
-    loader = DataLoader(resized, batch_size=chunk, num_workers=num_workers, collate_fn=_stack_readable)
     images, kept = [], []
-    for number, (batch_images, positions) in enumerate(loader):
-        if len(positions):
-            images.append(batch_images)
-            kept += (positions + number * chunk).tolist()
-    skipped = len(files) - len(kept)
+    for batch, index in decoded_batches(files, size=size, num_workers=num_workers):
+        images.append(batch)
+        kept.append(index)
     if not kept:
         raise UserError(f"none of the {len(files)} image files could be read")
+    index = torch.cat(kept)
+    skipped = len(files) - len(index)
     if skipped:
         log.warning("skipped %d unreadable image file(s) of %d", skipped, len(files))
-    index = torch.tensor(kept, dtype=torch.long)
-    names = [files.names[i] for i in kept]
+    names = [files.names[i] for i in index.tolist()]
     return TensorImages(torch.cat(images), files.labels[index], files.classes, names)
+
+
+def decoded_batches(
+    files: FileImages, *, size: int, batch_size: int = 256, num_workers: int = 2
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Decode files in order with :class:`EvalResize`, in loader workers.
+
+    Unreadable files are dropped; the yielded indices say which items each batch holds.
+
+    Shape:
+        images uint8 ``[b, 3, size, size]``, indices int64 ``[b]`` (positions in ``files``).
+    """
+    loader = DataLoader(
+        files.with_transform(EvalResize(size)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_stack_readable,
+    )
+    for number, (images, positions) in enumerate(loader):
+        if len(positions):
+            yield images, positions + number * batch_size
 
 
 def digits_dataset(*, split: str = "train", size: int = 32) -> TensorImages:
@@ -223,7 +255,8 @@ def array_dataset(
     """
     if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) == 0:
         raise UserError(
-            f"image arrays must be non-empty uint8 (N, H, W[, C]); got {images.dtype} {images.shape}"
+            "image arrays must be non-empty uint8 (N, H, W[, C]); "
+            f"got {images.dtype} {images.shape}"
         )
     tensor = torch.from_numpy(np.ascontiguousarray(images))
     tensor = tensor[..., None] if tensor.ndim == 3 else tensor
@@ -256,13 +289,13 @@ def array_file_dataset(path: Path, *, size: int) -> TensorImages:
         return array_dataset(loaded, size=size)
     with loaded:
         if "images" not in loaded:
-            raise UserError(f"{path} must hold an array named 'images' (and optionally 'labels')")
-        labels = loaded["labels"] if "labels" in loaded else None
+            raise UserError(f"{path} must hold an array 'images' (and optionally 'labels')")
+        labels = loaded.get("labels")
         return array_dataset(loaded["images"], labels, size=size)
 
 
 def _cifar_dataset(root: Path, *, split: str, size: int) -> TensorImages | None:
-    """torchvision's CIFAR-10/100 on-disk format, or ``None`` when ``root`` is not one."""
+    """Torchvision's CIFAR-10/100 on-disk format, or ``None`` when ``root`` is not one."""
     from torchvision.datasets import CIFAR10, CIFAR100
 
     for folder, cls in (("cifar-10-batches-py", CIFAR10), ("cifar-100-python", CIFAR100)):
@@ -272,7 +305,9 @@ def _cifar_dataset(root: Path, *, split: str, size: int) -> TensorImages | None:
                 data = cls(str(base), train=split == "train", download=False)
             except RuntimeError as err:
                 raise UserError(f"{base / folder} is not a complete CIFAR copy: {err}") from None
-            return array_dataset(data.data, np.asarray(data.targets), size=size, classes=data.classes)
+            return array_dataset(
+                data.data, np.asarray(data.targets), size=size, classes=data.classes
+            )
     return None
 
 
@@ -283,6 +318,7 @@ class EvalResize:
         self.size = size
 
     def __call__(self, image: Tensor) -> Tensor:
+        """Resize one uint8 ``[3, H, W]`` image to ``[3, size, size]``."""
         if image.shape[-2:] == (self.size, self.size):
             return image
         return eval_resize(image, self.size)

@@ -15,7 +15,13 @@ from torch.utils.data import DataLoader
 
 from simclr.augment.loader import TwoCrops
 from simclr.config import AugmentConfig
-from simclr.data.datasets import FileImages, ImageDataset, TensorImages, EvalResize
+from simclr.data.datasets import (
+    EvalResize,
+    FileImages,
+    ImageDataset,
+    TensorImages,
+    decoded_batches,
+)
 
 
 def epoch_batches(num_items: int, batch_size: int, *, seed: int, epoch: int) -> list[Tensor]:
@@ -68,13 +74,14 @@ def train_batches(
 
 def eval_batches(
     dataset: ImageDataset, *, size: int, batch_size: int, num_workers: int = 2
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield ``(images, labels)`` in dataset order with the evaluation preprocessing.
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield ``(images, labels, indices)`` in dataset order with the evaluation preprocessing.
 
-    Unreadable files are dropped (their label with them), so features and labels stay aligned.
+    Unreadable files are dropped; ``indices`` (positions in ``dataset``) say which items remain,
+    so features, labels and names stay aligned.
 
     Shape:
-        images uint8 ``[B, 3, size, size]``, labels int64 ``[B]``.
+        images uint8 ``[B, 3, size, size]``, labels and indices int64 ``[B]``.
     """
     if isinstance(dataset, TensorImages):
         resize = EvalResize(size)
@@ -82,16 +89,14 @@ def eval_batches(
             images = dataset.images[start : start + batch_size]
             if images.shape[-1] != size:
                 images = torch.stack([resize(img) for img in images])
-            yield images, dataset.labels[start : start + batch_size]
+            index = torch.arange(start, start + len(images))
+            yield images, dataset.labels[index], index
         return
     assert isinstance(dataset, FileImages)
-    loader = DataLoader(
-        dataset.with_transform(EvalResize(size)),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_stack_with_labels,
-    )
-    yield from loader
+    for images, index in decoded_batches(
+        dataset, size=size, batch_size=batch_size, num_workers=num_workers
+    ):
+        yield images, dataset.labels[index], index
 
 
 def stack_valid(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, int]:
@@ -100,11 +105,3 @@ def stack_valid(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, int]:
     if not images:
         return torch.zeros(0, dtype=torch.uint8), len(batch)
     return torch.stack(images), len(batch) - len(images)
-
-
-def _stack_with_labels(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, Tensor]:
-    kept = [(image, label) for image, label in batch if image is not None]
-    if not kept:
-        return torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
-    images, labels = zip(*kept)
-    return torch.stack(images), torch.tensor(labels, dtype=torch.long)

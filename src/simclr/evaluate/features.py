@@ -1,12 +1,85 @@
-"""Feature extraction: the frozen encoder's representation h of every image, in dataset order."""
+"""Extract once, score many: frozen features of every image, in dataset order, cached on disk.
+
+Every evaluation (kNN, linear probe, clustering, embeddings) reads :class:`Features`. They are
+computed with the evaluation preprocessing (resize, centre crop 0.875 for large images, no
+augmentation), with the encoder in eval mode, and cached per checkpoint (by its SHA-256), data,
+split, size and layer under the run folder's ``features/``.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from simclr.data.datasets import ImageDataset
+from simclr.checkpoint import (
+    file_sha256,
+    load_checkpoint,
+    resolve_checkpoint,
+    run_dir_of,
+    save_checkpoint,
+)
+from simclr.config import Config, from_dict
+from simclr.data.datasets import ImageDataset, build_dataset
 from simclr.data.loading import eval_batches
+from simclr.errors import UserError
+from simclr.models.simclr import SimCLR
+
+LAYERS = ("backbone", "projection")
+
+
+@dataclass
+class Features:
+    """Features of a dataset's readable items, with their labels and positions.
+
+    Shape:
+        features float32 ``[N, D]``, labels int64 ``[N]`` (-1 = unlabelled), index int64 ``[N]``.
+    """
+
+    features: Tensor
+    labels: Tensor
+    index: Tensor
+
+    @property
+    def has_labels(self) -> bool:
+        """True when every item has a class label."""
+        return len(self.labels) > 0 and bool((self.labels >= 0).all())
+
+
+@dataclass
+class Encoder:
+    """A model read from a checkpoint, with the config it was trained with and its identity."""
+
+    model: SimCLR
+    config: Config
+    info: dict[str, Any]
+    """``path``, ``sha256``, ``step`` and ``weights`` (``trained`` or ``random init``)."""
+
+
+def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encoder:
+    """Rebuild the model of a checkpoint file or run folder (weights, or fresh with its seed)."""
+    path = resolve_checkpoint(Path(checkpoint))
+    state = load_checkpoint(path)
+    config = from_dict(state["config"])
+    torch.manual_seed(config.train.seed)
+    model = SimCLR.from_config(config.model)
+    if not random_init:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as err:
+            raise UserError(f"{path}: weights do not fit its model config: {err}") from None
+    info = {
+        "path": str(path),
+        "sha256": file_sha256(path),
+        "step": int(state["step"]),
+        "weights": "random init" if random_init else "trained",
+    }
+    return Encoder(model.eval(), config, info)
 
 
 @torch.no_grad()
@@ -18,28 +91,94 @@ def extract_features(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     num_workers: int = 2,
-    channels_last: bool = False,
-) -> tuple[Tensor, Tensor]:
+) -> Features:
     """Run ``encoder`` in eval mode over ``dataset`` with the evaluation preprocessing.
 
     The encoder is put in eval mode (batch norm uses its running statistics, as lightly PR #1840
     found missing elsewhere) and restored to its previous mode afterwards.
-
-    Returns:
-        ``(features, labels)``: float32 ``[N, D]`` on the CPU and int64 ``[N]``.
     """
     was_training = encoder.training
     encoder.eval()
-    features, labels = [], []
+    features, labels, index = [], [], []
     try:
-        for images, batch_labels in eval_batches(
+        for images, batch_labels, batch_index in eval_batches(
             dataset, size=size, batch_size=batch_size, num_workers=num_workers
         ):
             x = images.to(device, non_blocking=True).float().div_(255)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             features.append(encoder(x).flatten(1).float().cpu())
             labels.append(batch_labels)
+            index.append(batch_index)
     finally:
         encoder.train(was_training)
-    return torch.cat(features), torch.cat(labels)
+    if not features:
+        raise UserError("no readable images to extract features from")
+    return Features(torch.cat(features), torch.cat(labels), torch.cat(index))
+
+
+def dataset_features(
+    encoder: Encoder,
+    spec: str,
+    *,
+    split: str,
+    layer: str = "backbone",
+    device: torch.device | str = "cpu",
+    num_workers: int = 2,
+    batch_size: int = 512,
+    cache: bool = True,
+) -> tuple[Features, ImageDataset, dict[str, Any]]:
+    """Features of the data named by ``spec`` (see :func:`build_dataset`), cached on disk.
+
+    Args:
+        encoder: From :func:`load_encoder`.
+        spec: Data to embed.
+        split: ``train`` or ``test`` for datasets that carry both.
+        layer: ``backbone`` (h, the representation) or ``projection`` (z = g(h)).
+        device: Where the encoder runs.
+        num_workers: Loader processes.
+        batch_size: Images per forward pass.
+        cache: Read and write ``features/`` beside the checkpoint.
+
+    Returns:
+        ``(features, dataset, protocol)``: protocol says which features, preprocessing, data and
+        checkpoint they come from.
+    """
+    if layer not in LAYERS:
+        raise UserError(f"unknown layer {layer!r}; choose backbone or projection")
+    cfg = encoder.config
+    size = cfg.augment.size
+    dataset = build_dataset(
+        spec, split=split, size=size, in_memory=cfg.data.in_memory, num_workers=num_workers
+    )
+    protocol = {
+        "features": "backbone output h" if layer == "backbone" else "projection output z",
+        "preprocessing": f"resize to {size} px (shorter side to {size}/0.875 and centre crop "
+        "when larger); no augmentation",
+        "data": spec,
+        "split": split,
+        "checkpoint_sha256": encoder.info["sha256"],
+        "checkpoint_step": encoder.info["step"],
+        "weights": encoder.info["weights"],
+    }
+    key = hashlib.sha256(
+        json.dumps({**protocol, "data": _absolute(spec), "n": len(dataset)}).encode()
+    ).hexdigest()[:20]
+    cache_file = run_dir_of(Path(encoder.info["path"])) / "features" / f"{key}.pt"
+    if cache and cache_file.exists():
+        saved = torch.load(cache_file, map_location="cpu", weights_only=True)
+        return Features(saved["features"], saved["labels"], saved["index"]), dataset, protocol
+    module: nn.Module = encoder.model.backbone if layer == "backbone" else encoder.model
+    module = module.to(device)
+    features = extract_features(
+        module, dataset, size=size, batch_size=batch_size, device=device, num_workers=num_workers
+    )
+    if cache:
+        save_checkpoint(
+            {"features": features.features, "labels": features.labels, "index": features.index},
+            cache_file,
+        )
+    return features, dataset, protocol
+
+
+def _absolute(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec

@@ -61,7 +61,11 @@ def knn_accuracy(
     """Top-1 and top-5 accuracy (in percent) of :func:`knn_predict`, with the protocol."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     scores = knn_predict(
-        train_features, train_labels, test_features, num_classes=num_classes, k=k,
+        train_features,
+        train_labels,
+        test_features,
+        num_classes=num_classes,
+        k=k,
         temperature=temperature,
     )
     ranked = scores.argsort(dim=1, descending=True)
@@ -93,16 +97,28 @@ def evaluate_knn(
     num_workers: int = 2,
 ) -> dict[str, Any]:
     """Extract frozen features of both sets with ``encoder`` and score them with weighted kNN."""
-    train_features, train_labels = extract_features(
-        encoder, train_set, size=size, batch_size=cfg.batch_size, device=device,
+    train = extract_features(
+        encoder,
+        train_set,
+        size=size,
+        batch_size=cfg.batch_size,
+        device=device,
         num_workers=num_workers,
     )
-    test_features, test_labels = extract_features(
-        encoder, test_set, size=size, batch_size=cfg.batch_size, device=device,
+    test = extract_features(
+        encoder,
+        test_set,
+        size=size,
+        batch_size=cfg.batch_size,
+        device=device,
         num_workers=num_workers,
     )
     result = knn_accuracy(
-        train_features, train_labels, test_features, test_labels, k=cfg.k,
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        k=cfg.k,
         temperature=cfg.temperature,
     )
     result["protocol"]["preprocessing"] = f"resize to {size} px (centre crop 0.875 when larger)"

@@ -33,7 +33,9 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_backbone(name: str, *, width: float = 1.0, stem: str = "imagenet") -> tuple[nn.Module, int]:
+def create_backbone(
+    name: str, *, width: float = 1.0, stem: str = "imagenet"
+) -> tuple[nn.Module, int]:
     """Build a registered backbone; returns ``(module, feature_dim)``."""
     if name not in _REGISTRY:
         raise UserError(f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}")
@@ -82,7 +84,7 @@ class ScaledResNet(ResNet):
         self.layer3 = self._make_layer(block, widths[2], layers[2], stride=2)
         self.layer4 = self._make_layer(block, widths[3], layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Identity()  # type: ignore[assignment]
+        self.fc = nn.Identity()
         self.feature_dim = widths[3] * block.expansion
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

@@ -37,7 +37,7 @@ class ProjectionHead(nn.Module):
             raise ValueError(f"num_layers must be at least 1, got {num_layers}")
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        for index, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        for index, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
             last = index == num_layers - 1
             layers.append(nn.Linear(d_in, d_out, bias=not batch_norm))
             if batch_norm:
@@ -52,7 +52,9 @@ class ProjectionHead(nn.Module):
         return out
 
 
-def head_for_version(version: str, in_dim: int, hidden_dim: int | None, out_dim: int) -> ProjectionHead:
+def head_for_version(
+    version: str, in_dim: int, hidden_dim: int | None, out_dim: int
+) -> ProjectionHead:
     """The head of SimCLR ``v1`` (2 layers) or ``v2`` (3 layers with batch norm)."""
     hidden = in_dim if hidden_dim is None else hidden_dim
     if version == "v1":

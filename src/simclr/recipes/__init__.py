@@ -1,0 +1,1 @@
+"""Named recipes: YAML override files read by :func:`simclr.config.recipe_overrides`."""

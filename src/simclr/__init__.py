@@ -11,9 +11,14 @@ from simclr.config import Config as Config
 from simclr.config import build_config as build_config
 from simclr.data.datasets import array_dataset as array_dataset
 from simclr.data.datasets import build_dataset as build_dataset
+from simclr.evaluate.cluster import cluster as cluster
 from simclr.evaluate.features import extract_features as extract_features
+from simclr.evaluate.features import load_encoder as load_encoder
+from simclr.evaluate.finetune import finetune as finetune
 from simclr.evaluate.knn import knn_accuracy as knn_accuracy
 from simclr.evaluate.knn import knn_predict as knn_predict
+from simclr.evaluate.linear import linear_probe as linear_probe
+from simclr.export import embed as embed
 from simclr.losses import NTXentLoss as NTXentLoss
 from simclr.losses import nt_xent as nt_xent
 from simclr.models.backbones import create_backbone as create_backbone

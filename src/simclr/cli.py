@@ -1,4 +1,8 @@
-"""The ``simclr`` command line: ``pretrain``, ``knn``, ``demo`` and ``recipes``.
+"""The ``simclr`` command line: ``pretrain``, ``demo``, ``recipes`` and the checkpoint commands.
+
+The commands that read a checkpoint (``knn``, ``linear``, ``finetune``, ``cluster``, ``embed``,
+``neighbors``, ``export``, ``map``) and the pictures (``views``, ``plot``) live in
+:mod:`simclr.cli_tools`.
 
 Configuration is resolved as: dataclass defaults -> ``--recipe`` -> ``--config FILE`` -> flags ->
 ``--set section.key=value``. A user mistake prints one line ``simclr: error: ...`` and exits 2.
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from simclr.cli_tools import add_commands
 from simclr.errors import UserError
 
 EXIT_USAGE = 2
@@ -61,17 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--print-config", action="store_true", help="print the config and exit")
     pre.set_defaults(run=_run_pretrain, command="pretrain")
 
-    knn = commands.add_parser("knn", help="weighted kNN accuracy of a checkpoint's encoder")
-    knn.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
-    knn.add_argument("--train-data", required=True, help="labelled reference data")
-    knn.add_argument("--test-data", required=True, help="labelled test data")
-    knn.add_argument("--k", type=int, help="neighbours (default 200)")
-    knn.add_argument("--temperature", type=float, help="vote temperature (default 0.1)")
-    knn.add_argument("--random-init", action="store_true", help="score fresh weights instead")
-    knn.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    knn.add_argument("--workers", type=int, help="loader processes")
-    knn.add_argument("--out", type=Path, help="where to save the JSON result")
-    knn.set_defaults(run=_run_knn, command="knn")
+    add_commands(commands)
 
     demo = commands.add_parser("demo", help="pretrain on the built-in digits and compare kNN")
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
@@ -158,45 +153,6 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         return 0
     summary = pretrain(cfg, run_dir, resume=args.resume)
     print(json.dumps({"run_dir": str(run_dir), **summary}))
-    return 0
-
-
-def _run_knn(args: argparse.Namespace) -> int:
-    from simclr.checkpoint import run_dir_of
-    from simclr.evaluate.features import dataset_features, load_encoder
-    from simclr.evaluate.knn import knn_accuracy
-    from simclr.runtime import resolve_device
-
-    encoder = load_encoder(args.checkpoint, random_init=args.random_init)
-    cfg = encoder.config
-    device = resolve_device(args.device or cfg.train.device)
-    workers = cfg.data.num_workers if args.workers is None else args.workers
-    sets = []
-    for spec, split in ((args.train_data, "train"), (args.test_data, "test")):
-        features, _, protocol = dataset_features(
-            encoder,
-            spec,
-            split=split,
-            device=device,
-            num_workers=workers,
-            batch_size=cfg.eval.batch_size,
-        )
-        if not features.has_labels:
-            raise UserError(f"{spec} has no labels; kNN needs class subfolders")
-        sets.append((features, protocol))
-    (train, train_protocol), (test, _) = sets
-    k = args.k or cfg.eval.k
-    temperature = args.temperature or cfg.eval.temperature
-    result = knn_accuracy(
-        train.features, train.labels, test.features, test.labels, k=k, temperature=temperature
-    )
-    result["protocol"]["preprocessing"] = train_protocol["preprocessing"]
-    result["checkpoint"] = encoder.info
-    suffix = "-random-init" if args.random_init else ""
-    path = Path(encoder.info["path"])
-    out = args.out or run_dir_of(path) / f"knn-{path.stem}{suffix}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
     return 0
 
 

@@ -1,5 +1,11 @@
 """Evaluation: extract frozen features once, then score them."""
 
+from simclr.evaluate.cluster import cluster as cluster
+from simclr.evaluate.features import Features as Features
+from simclr.evaluate.features import dataset_features as dataset_features
 from simclr.evaluate.features import extract_features as extract_features
+from simclr.evaluate.features import load_encoder as load_encoder
+from simclr.evaluate.finetune import finetune as finetune
 from simclr.evaluate.knn import knn_accuracy as knn_accuracy
 from simclr.evaluate.knn import knn_predict as knn_predict
+from simclr.evaluate.linear import linear_probe as linear_probe

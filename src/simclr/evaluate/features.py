@@ -8,8 +8,10 @@ split, size and layer under the run folder's ``features/``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,9 +161,9 @@ def dataset_features(
         "checkpoint_step": encoder.info["step"],
         "weights": encoder.info["weights"],
     }
-    key = hashlib.sha256(
-        json.dumps({**protocol, "data": _absolute(spec), "n": len(dataset)}).encode()
-    ).hexdigest()[:20]
+    # The key covers what was embedded: item names and their modification times (for files).
+    identity = {**protocol, "data": _absolute(spec), "layer": layer, "items": _fingerprint(dataset)}
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
     cache_file = run_dir_of(Path(encoder.info["path"])) / "features" / f"{key}.pt"
     if cache and cache_file.exists():
         saved = torch.load(cache_file, map_location="cpu", weights_only=True)
@@ -177,6 +179,17 @@ def dataset_features(
             cache_file,
         )
     return features, dataset, protocol
+
+
+def _fingerprint(dataset: ImageDataset) -> str:
+    """A hash of the item names and, for files on disk, their sizes and modification times."""
+    digest = hashlib.sha256()
+    for name in dataset.names:
+        digest.update(name.encode())
+        with contextlib.suppress(OSError):
+            stat = os.stat(name)
+            digest.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def _absolute(spec: str) -> str:

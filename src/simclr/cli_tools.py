@@ -1,0 +1,366 @@
+"""Commands that use a pretrained checkpoint: evaluate, embed, export and draw.
+
+Each command loads the encoder once, computes (or reads the cached) frozen features, and prints
+one JSON line whose numbers carry their protocol and the checkpoint's identity; the same JSON is
+saved in the run folder (or at ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from simclr.errors import UserError
+
+if TYPE_CHECKING:
+    from simclr.data.datasets import ImageDataset
+    from simclr.evaluate.features import Features
+
+
+def add_commands(commands: Any) -> None:
+    """Register the checkpoint commands on the ``simclr`` subparsers."""
+    knn = _checkpoint_command(commands, "knn", "weighted kNN accuracy of the frozen encoder")
+    _labelled_data_flags(knn)
+    knn.add_argument("--k", type=int, help="neighbours (default 200)")
+    knn.add_argument("--temperature", type=float, help="vote temperature (default 0.1)")
+    knn.set_defaults(run=run_knn)
+
+    linear = _checkpoint_command(commands, "linear", "linear probe on frozen features")
+    _labelled_data_flags(linear)
+    linear.add_argument(
+        "--protocol",
+        choices=("logistic", "sgd"),
+        default="logistic",
+        help="logistic: L-BFGS logistic regression on cached standardised features, C chosen on "
+        "a validation split (default); sgd: the paper's SGD on the frozen encoder with crop+flip",
+    )
+    linear.add_argument("--epochs", type=int, default=100, help="epochs of the sgd protocol")
+    linear.add_argument("--max-time", type=float, help="seconds of training (sgd protocol)")
+    linear.set_defaults(run=run_linear)
+
+    finetune = _checkpoint_command(commands, "finetune", "fine-tune with a fraction of the labels")
+    _labelled_data_flags(finetune)
+    finetune.add_argument("--label-fraction", type=float, required=True, help="e.g. 0.01, 0.1")
+    finetune.add_argument("--from-scratch", action="store_true", help="same net, no pretraining")
+    finetune.add_argument(
+        "--keep-projection-layers", type=int, default=0, help="head layers kept (v2 uses 1)"
+    )
+    finetune.add_argument("--epochs", type=int, default=60, help="passes over the subset")
+    finetune.add_argument("--batch-size", type=int, default=256)
+    finetune.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
+    finetune.add_argument("--max-time", type=float, help="seconds of training at most")
+    finetune.add_argument("--seed", type=int, default=0, help="subset and training seed")
+    finetune.set_defaults(run=run_finetune)
+
+    cluster = _checkpoint_command(commands, "cluster", "k-means on the embeddings: NMI, ARI, acc")
+    cluster.add_argument("--data", required=True, help="images to cluster")
+    cluster.add_argument("--split", default="test", help="train or test (digits, CIFAR)")
+    cluster.add_argument("--k", type=int, help="clusters (default: number of classes)")
+    cluster.set_defaults(run=run_cluster)
+
+    embed = _checkpoint_command(commands, "embed", "embeddings of every image to .npy + index")
+    embed.add_argument("--data", required=True, help="images to embed (labels not needed)")
+    embed.add_argument("--split", default="train", help="train or test (digits, CIFAR)")
+    embed.add_argument("--layer", choices=("backbone", "projection"), default="backbone")
+    embed.add_argument("--index-format", choices=("csv", "parquet"), default="csv")
+    embed.set_defaults(run=run_embed)
+
+    near = _checkpoint_command(commands, "neighbors", "nearest images of a query image")
+    near.add_argument("--embeddings", type=Path, required=True, help=".npy written by embed")
+    near.add_argument("--query", type=Path, required=True, help="query image file")
+    near.add_argument("--k", type=int, default=8)
+    near.set_defaults(run=run_neighbors)
+
+    export = _checkpoint_command(commands, "export", "encoder as safetensors, TorchScript, ONNX")
+    export.set_defaults(run=run_export)
+
+    views = commands.add_parser("views", help="picture: a grid of augmented view pairs")
+    views.add_argument("--data", required=True, help="images to show")
+    views.add_argument("--recipe", default="cpu-small", help="recipe whose views to draw")
+    views.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set augment.blur_p=0.5",
+    )
+    views.add_argument("--num-images", type=int, default=8)
+    views.add_argument("--seed", type=int, default=0)
+    views.add_argument("--out", type=Path, default=Path("views.png"))
+    views.set_defaults(run=run_views, command="views")
+
+    plot = commands.add_parser("plot", help="picture: loss, lr and kNN curves of a run")
+    plot.add_argument("run_dir", type=Path)
+    plot.add_argument("--out", type=Path, help="PNG file (default RUN_DIR/curves.png)")
+    plot.set_defaults(run=run_plot, command="plot")
+
+    map_ = _checkpoint_command(commands, "map", "picture: 2-D map of the embeddings by label")
+    map_.add_argument("--data", required=True, help="images to map")
+    map_.add_argument("--split", default="test", help="train or test (digits, CIFAR)")
+    map_.add_argument("--method", choices=("tsne", "umap"), default="tsne")
+    map_.add_argument("--max-points", type=int, default=5000)
+    map_.set_defaults(run=run_map)
+
+
+def _checkpoint_command(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text)
+    parser.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
+    parser.add_argument("--random-init", action="store_true", help="fresh weights (baseline)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--workers", type=int, help="loader processes")
+    parser.add_argument("--out", type=Path, help="output file or folder")
+    parser.set_defaults(command=name)
+    return parser
+
+
+def _labelled_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train-data", required=True, help="labelled training data")
+    parser.add_argument("--test-data", required=True, help="labelled test data")
+
+
+class _Context:
+    """What every checkpoint command needs: the encoder, device, workers and where to write."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from simclr.evaluate.features import load_encoder
+        from simclr.runtime import resolve_device
+
+        self.args = args
+        self.encoder = load_encoder(args.checkpoint, random_init=args.random_init)
+        self.config = self.encoder.config
+        self.device = resolve_device(args.device or self.config.train.device)
+        self.workers = self.config.data.num_workers if args.workers is None else args.workers
+
+    def features(
+        self, spec: str, split: str, *, layer: str = "backbone", labelled: bool = True
+    ) -> tuple[Features, ImageDataset, dict[str, Any]]:
+        """Cached frozen features of ``spec``; labels required unless ``labelled`` is False."""
+        from simclr.evaluate.features import dataset_features
+
+        features, dataset, protocol = dataset_features(
+            self.encoder,
+            spec,
+            split=split,
+            layer=layer,
+            device=self.device,
+            num_workers=self.workers,
+            batch_size=self.config.eval.batch_size,
+        )
+        if labelled and not features.has_labels:
+            raise UserError(f"{spec} has no labels; this protocol needs class subfolders")
+        return features, dataset, protocol
+
+    def emit(self, name: str, result: dict[str, Any]) -> int:
+        """Attach the checkpoint identity, save the JSON and print it as one line."""
+        from simclr.checkpoint import run_dir_of
+
+        result["checkpoint"] = self.encoder.info
+        path = Path(self.encoder.info["path"])
+        suffix = "-random-init" if self.args.random_init else ""
+        out = self.args.out or run_dir_of(path) / f"{name}-{path.stem}{suffix}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result))
+        return 0
+
+
+def run_knn(args: argparse.Namespace) -> int:
+    """``simclr knn``: weighted kNN (k=200, t=0.1 unless given) on cached features."""
+    from simclr.evaluate.knn import knn_accuracy
+
+    ctx = _Context(args)
+    train, _, protocol = ctx.features(args.train_data, "train")
+    test, _, _ = ctx.features(args.test_data, "test")
+    result = knn_accuracy(
+        train.features,
+        train.labels,
+        test.features,
+        test.labels,
+        k=args.k or ctx.config.eval.k,
+        temperature=args.temperature or ctx.config.eval.temperature,
+    )
+    result["protocol"]["preprocessing"] = protocol["preprocessing"]
+    return ctx.emit("knn", result)
+
+
+def run_linear(args: argparse.Namespace) -> int:
+    """``simclr linear``: the linear probe on frozen features."""
+    from simclr.evaluate.finetune import require_labels
+    from simclr.evaluate.linear import linear_probe, linear_probe_sgd
+
+    ctx = _Context(args)
+    if args.protocol == "logistic":
+        train, train_set, protocol = ctx.features(args.train_data, "train", labelled=False)
+        test, test_set, _ = ctx.features(args.test_data, "test", labelled=False)
+        require_labels(train_set, test_set, "a linear probe")
+        result = linear_probe(train, test, seed=ctx.config.train.seed)
+        result["protocol"]["features"] = protocol
+        return ctx.emit("linear", result)
+    train_set = _labelled_dataset(ctx, args.train_data, "train")
+    test_set = _labelled_dataset(ctx, args.test_data, "test")
+    result = linear_probe_sgd(
+        ctx.encoder.model.backbone,
+        train_set,
+        test_set,
+        size=ctx.config.augment.size,
+        epochs=args.epochs,
+        device=ctx.device,
+        seed=ctx.config.train.seed,
+        num_workers=ctx.workers,
+        max_time=args.max_time,
+    )
+    return ctx.emit("linear-sgd", result)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """``simclr finetune``: backbone + new classifier on a class-balanced label subset."""
+    from simclr.evaluate.finetune import balanced_subset, finetune, subset_names
+
+    ctx = _Context(args)
+    train_set = _labelled_dataset(ctx, args.train_data, "train")
+    test_set = _labelled_dataset(ctx, args.test_data, "test")
+    result = finetune(
+        None if args.from_scratch else ctx.encoder.model,
+        ctx.config,
+        train_set,
+        test_set,
+        fraction=args.label_fraction,
+        keep_projection_layers=args.keep_projection_layers,
+        from_scratch=args.from_scratch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        device=ctx.device,
+        seed=args.seed,
+        max_time=args.max_time,
+        num_workers=ctx.workers,
+    )
+    from simclr.checkpoint import run_dir_of
+
+    tag = f"finetune-{args.label_fraction:g}" + ("-scratch" if args.from_scratch else "")
+    chosen = balanced_subset(train_set.labels, args.label_fraction, args.seed)
+    listing = run_dir_of(Path(ctx.encoder.info["path"])) / f"{tag}-subset.txt"
+    listing.write_text("\n".join(subset_names(train_set, chosen)) + "\n")
+    result["subset_file"] = str(listing)
+    return ctx.emit(tag, result)
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    """``simclr cluster``: k-means NMI, ARI and Hungarian accuracy."""
+    from simclr.evaluate.cluster import cluster
+
+    ctx = _Context(args)
+    features, _, protocol = ctx.features(args.data, args.split, labelled=False)
+    result = cluster(features, k=args.k, seed=ctx.config.train.seed)
+    result.pop("assignment")
+    result["protocol"] = {**protocol, **result["protocol"]}
+    return ctx.emit("cluster", result)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    """``simclr embed``: write embeddings, their index and metadata."""
+    from simclr.export import embed
+
+    ctx = _Context(args)
+    if args.out is None:
+        raise UserError("embed needs --out FILE.npy")
+    result = embed(
+        ctx.encoder,
+        args.data,
+        args.out,
+        layer=args.layer,
+        split=args.split,
+        index_format=args.index_format,
+        device=ctx.device,
+        num_workers=ctx.workers,
+        batch_size=ctx.config.eval.batch_size,
+    )
+    print(json.dumps(result))
+    return 0
+
+
+def run_neighbors(args: argparse.Namespace) -> int:
+    """``simclr neighbors``: print ``similarity<TAB>path`` of the nearest embedded images."""
+    from simclr.export import neighbors
+
+    ctx = _Context(args)
+    for path, similarity in neighbors(
+        ctx.encoder, args.query, args.embeddings, k=args.k, device=ctx.device
+    ):
+        print(f"{similarity:.4f}\t{path}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """``simclr export``: safetensors + config, TorchScript and ONNX, each checked."""
+    from simclr.checkpoint import run_dir_of
+    from simclr.export import export_encoder
+
+    ctx = _Context(args)
+    out = args.out or run_dir_of(Path(ctx.encoder.info["path"])) / "export"
+    print(json.dumps(export_encoder(ctx.encoder, out)))
+    return 0
+
+
+def run_views(args: argparse.Namespace) -> int:
+    """``simclr views``: draw augmented view pairs of some images."""
+    from simclr.config import build_config, parse_assignment, recipe_overrides
+    from simclr.data.datasets import build_dataset
+    from simclr.viz import draw_views
+
+    overrides = [parse_assignment(text) for text in args.overrides]
+    cfg = build_config(recipe_overrides(args.recipe), *overrides)
+    dataset = build_dataset(
+        args.data,
+        size=cfg.augment.size,
+        in_memory=cfg.data.in_memory,
+        num_workers=cfg.data.num_workers,
+    )
+    print(draw_views(dataset, cfg.augment, args.out, num_images=args.num_images, seed=args.seed))
+    return 0
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """``simclr plot``: loss, learning rate and kNN over steps and time."""
+    from simclr.viz import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def run_map(args: argparse.Namespace) -> int:
+    """``simclr map``: t-SNE (or UMAP) of the embeddings, coloured by label."""
+    from simclr.checkpoint import run_dir_of
+    from simclr.viz import draw_map
+
+    ctx = _Context(args)
+    features, dataset, _ = ctx.features(args.data, args.split, labelled=False)
+    out = args.out or run_dir_of(Path(ctx.encoder.info["path"])) / f"map-{args.method}.png"
+    path = draw_map(
+        features,
+        out,
+        class_names=dataset.classes or None,
+        method=args.method,
+        seed=ctx.config.train.seed,
+        max_points=args.max_points,
+    )
+    print(path)
+    return 0
+
+
+def _labelled_dataset(ctx: _Context, spec: str, split: str) -> Any:
+    from simclr.data.datasets import build_dataset
+
+    dataset = build_dataset(
+        spec,
+        split=split,
+        size=ctx.config.augment.size,
+        in_memory=ctx.config.data.in_memory,
+        num_workers=ctx.workers,
+    )
+    if not dataset.has_labels:
+        raise UserError(f"{spec} has no labels; this protocol needs class subfolders")
+    return dataset

@@ -1,0 +1,140 @@
+"""The checkpoint commands end to end on a tiny run: JSON out, files written, one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from simclr.cli import main
+from simclr.config import build_config
+from simclr.train import pretrain
+
+from .conftest import write_image_folder
+from .test_train import TINY
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tools")
+    folder = write_image_folder(root / "images", classes=3, per_class=10)
+    cfg = build_config(TINY, {"data": {"path": str(folder)}, "train": {"max_steps": 3}})
+    pretrain(cfg, root / "run")
+    return root / "run", folder
+
+
+def _last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def _error_line(capsys, argv, words):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("simclr: error:") and words in err[0], err
+
+
+def test_linear_cluster_and_knn_carry_protocol_and_checkpoint(run, capsys):
+    run_dir, folder = run
+    data = ["--train-data", str(folder), "--test-data", str(folder)]
+    assert main(["linear", str(run_dir), *data]) == 0
+    linear = _last_json(capsys)
+    assert 0 <= linear["top1"] <= 100 and linear["protocol"]["features"]["checkpoint_sha256"]
+    assert linear["checkpoint"]["weights"] == "trained"
+    assert main(["cluster", str(run_dir), "--data", str(folder)]) == 0
+    clustered = _last_json(capsys)
+    assert {"nmi", "ari", "accuracy"} <= set(clustered) and "assignment" not in clustered
+    assert (run_dir / "cluster-latest.json").exists()
+    assert main(["knn", str(run_dir), *data, "--random-init"]) == 0
+    assert _last_json(capsys)["checkpoint"]["weights"] == "random init"
+
+
+def test_finetune_writes_the_subset(run, capsys):
+    run_dir, folder = run
+    argv = [
+        "finetune",
+        str(run_dir),
+        "--train-data",
+        str(folder),
+        "--test-data",
+        str(folder),
+        "--label-fraction",
+        "0.5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+    ]
+    assert main(argv) == 0
+    result = _last_json(capsys)
+    listing = (run_dir / "finetune-0.5-subset.txt").read_text().splitlines()
+    assert len(listing) == 15 and result["subset_file"].endswith("subset.txt")
+
+
+def test_embed_neighbors_export(run, capsys, tmp_path):
+    run_dir, folder = run
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(run_dir), "--data", str(folder), "--out", str(out)]) == 0
+    assert np.load(out).shape[0] == 30 and _last_json(capsys)["num_items"] == 30
+    query = folder / "class_1" / "4.png"
+    assert (
+        main(
+            ["neighbors", str(run_dir), "--embeddings", str(out), "--query", str(query), "--k", "3"]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].endswith(str(query))
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 0
+    assert (tmp_path / "export" / "encoder.safetensors").exists()
+
+
+def test_pictures(run, capsys, tmp_path):
+    run_dir, folder = run
+    assert (
+        main(
+            ["views", "--data", str(folder), "--out", str(tmp_path / "v.png"), "--num-images", "3"]
+        )
+        == 0
+    )
+    assert main(["plot", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["map", str(run_dir), "--data", str(folder), "--out", str(tmp_path / "m.png")]) == 0
+    for name in ("v.png", "c.png", "m.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+
+
+def test_user_errors(run, capsys, tmp_path):
+    run_dir, folder = run
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("RGB", (16, 16), (i * 50, 0, 0)).save(flat / f"{i}.png")
+    _error_line(
+        capsys,
+        ["linear", str(run_dir), "--train-data", str(flat), "--test-data", str(folder)],
+        "no labels",
+    )
+    _error_line(capsys, ["cluster", str(run_dir), "--data", str(flat)], "--k")
+    _error_line(
+        capsys,
+        ["linear", str(tmp_path / "none"), "--train-data", "x", "--test-data", "y"],
+        "does not exist",
+    )
+    _error_line(capsys, ["embed", str(run_dir), "--data", str(tmp_path / "missing")], "")
+    _error_line(
+        capsys,
+        [
+            "finetune",
+            str(run_dir),
+            "--train-data",
+            str(folder),
+            "--test-data",
+            str(folder),
+            "--label-fraction",
+            "0",
+        ],
+        "fraction",
+    )
+    _error_line(capsys, ["plot", str(tmp_path)], "metrics")

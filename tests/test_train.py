@@ -152,15 +152,13 @@ def test_sigkill_then_resume_from_last_checkpoint(image_folder, tmp_path):
 
 
 def test_time_budget_stops_and_anneals(image_folder, tmp_path):
-    cfg = tiny_config(image_folder, max_time=4.0, checkpoint_every=1000)
+    cfg = tiny_config(image_folder, max_time=4.0, checkpoint_every=1000, epochs=100_000)
     summary = pretrain(cfg, tmp_path / "run")
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert 4.0 <= summary["train_seconds"] < 10.0
-    steps = summary["steps"]
-    assert steps < 100 * 3  # the epoch budget (100 epochs of 3 steps) was not what stopped it
-    # the schedule was planned from the measured step time, not from the epoch budget, so the
-    # run ends past the peak on the way down (exact step counts depend on machine load)
-    assert records[-1]["planned_steps"] < 300
+    # the schedule was planned from the measured step time, not from the epoch budget (300,000
+    # steps), so the run ends past the peak on the way down (exact counts depend on load)
+    assert records[-1]["planned_steps"] < 10 * summary["steps"]
     assert records[-1]["lr"] < max(r["lr"] for r in records)
     assert load_checkpoint(tmp_path / "run")["step"] == summary["steps"]
 

@@ -5,13 +5,13 @@ from torch import nn
 from simclr.config import build_config
 from simclr.data.datasets import FileImages, build_dataset
 from simclr.errors import UserError
+from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import load_encoder
 from simclr.evaluate.finetune import (
     balanced_subset,
     build_classifier,
     finetune,
     subset_names,
-    topk_accuracy,
 )
 from simclr.train import pretrain
 

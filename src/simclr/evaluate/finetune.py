@@ -32,6 +32,7 @@ from simclr.config import AugmentConfig, Config, OptimConfig
 from simclr.data.datasets import FileImages, ImageDataset, TensorImages
 from simclr.data.loading import epoch_batches
 from simclr.errors import UserError
+from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import extract_features
 from simclr.models.heads import ProjectionHead
 from simclr.models.simclr import SimCLR
@@ -48,7 +49,6 @@ __all__ = [
     "finetune",
     "require_labels",
     "subset_names",
-    "topk_accuracy",
     "train_classifier",
 ]
 
@@ -105,31 +105,6 @@ def require_labels(train_set: ImageDataset, test_set: ImageDataset, purpose: str
             f"the training and test data have different classes ({len(train_set.classes)} vs "
             f"{len(test_set.classes)}, or in another order); {purpose} needs the same classes"
         )
-
-
-def topk_accuracy(
-    scores: Tensor, labels: Tensor, classes: Tensor | None = None
-) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent (top-k with k = min(5, number of classes)).
-
-    Args:
-        scores: Class scores; higher is more likely.
-        labels: True classes.
-        classes: Class of each score column, when the columns are not ``0..K-1`` (scikit-learn's
-            ``classes_``).
-
-    Shape:
-        scores ``[M, K]``, labels ``[M]``, classes ``[K]``.
-    """
-    ranked = scores.argsort(dim=1, descending=True)
-    if classes is not None:
-        ranked = classes[ranked]
-    hits = ranked == labels[:, None]
-    k = min(5, scores.shape[1])
-    return {
-        "top1": round(100.0 * hits[:, 0].float().mean().item(), 2),
-        "top5": round(100.0 * hits[:, :k].any(dim=1).float().mean().item(), 2),
-    }
 
 
 class Classifier(nn.Module):

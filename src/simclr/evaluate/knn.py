@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from simclr.config import EvalConfig
 from simclr.data.datasets import ImageDataset
+from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import extract_features
 
 
@@ -68,12 +69,8 @@ def knn_accuracy(
         k=k,
         temperature=temperature,
     )
-    ranked = scores.argsort(dim=1, descending=True)
-    hits = ranked == test_labels[:, None]
-    top5 = min(5, num_classes)
     return {
-        "top1": round(100.0 * hits[:, 0].float().mean().item(), 2),
-        "top5": round(100.0 * hits[:, :top5].any(dim=1).float().mean().item(), 2),
+        **topk_accuracy(scores, test_labels),
         "protocol": {
             "method": "weighted kNN",
             "k": k,

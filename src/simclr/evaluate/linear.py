@@ -32,13 +32,13 @@ from torch import Tensor, nn
 from simclr.config import AugmentConfig, OptimConfig
 from simclr.data.datasets import ImageDataset
 from simclr.errors import UserError
+from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import Features
 from simclr.evaluate.finetune import (
     Classifier,
     classifier_augment,
     evaluate_classifier,
     require_labels,
-    topk_accuracy,
     train_classifier,
 )
 from simclr.runtime import resolve_precision

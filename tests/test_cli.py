@@ -63,6 +63,25 @@ def test_user_mistakes_exit_2_with_one_line(capsys, image_folder, tmp_path, extr
     _one_line_error(capsys, argv, words)
 
 
+def test_existing_run_and_resume_without_out(capsys, image_folder, tmp_path):
+    argv = [
+        "pretrain",
+        "--data",
+        str(image_folder),
+        "--out",
+        str(tmp_path / "r"),
+        "--max-steps",
+        "1",
+        *TINY_FLAGS,
+    ]
+    assert main(argv) == 0
+    capsys.readouterr()
+    _one_line_error(capsys, argv, "already holds a run")
+    _one_line_error(
+        capsys, ["pretrain", "--data", str(image_folder), "--resume"], "--resume needs --out"
+    )
+
+
 def test_folder_without_images(capsys, tmp_path):
     (tmp_path / "empty" / "a").mkdir(parents=True)
     _one_line_error(

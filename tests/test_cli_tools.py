@@ -138,3 +138,45 @@ def test_user_errors(run, capsys, tmp_path):
         "fraction",
     )
     _error_line(capsys, ["plot", str(tmp_path)], "metrics")
+    _error_line(
+        capsys,
+        ["knn", str(run_dir), "--train-data", str(folder), "--test-data", str(folder), "--k", "0"],
+        "at least 1",
+    )
+    _error_line(
+        capsys,
+        [
+            "finetune",
+            str(run_dir),
+            "--train-data",
+            str(folder),
+            "--test-data",
+            str(folder),
+            "--label-fraction",
+            "0.5",
+            "--lr",
+            "-1",
+        ],
+        "must be > 0",
+    )
+    two_classes = write_image_folder(tmp_path / "two", classes=2, per_class=4)
+    _error_line(
+        capsys,
+        ["knn", str(run_dir), "--train-data", str(folder), "--test-data", str(two_classes)],
+        "different classes",
+    )
+    (tmp_path / "file.txt").write_text("x")
+    _error_line(
+        capsys,
+        [
+            "knn",
+            str(run_dir),
+            "--train-data",
+            str(folder),
+            "--test-data",
+            str(folder),
+            "--out",
+            str(tmp_path / "file.txt" / "knn.json"),
+        ],
+        "file.txt",
+    )

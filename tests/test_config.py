@@ -69,6 +69,11 @@ def test_round_trip_through_plain_dict():
         ({"train": {"temperature": -0.5}}, "temperature"),
         ({"augment": {"flip_p": 1.5}}, "flip_p"),
         ({"optim": {"name": "rmsprop"}}, "optim.name"),
+        ({"optim": {"momentum": 1.0}}, "momentum"),
+        ({"augment": {"jitter_strength": 3.0}}, "hue"),
+        ({"augment": {"blur_kernel_fraction": 0}}, "blur_kernel_fraction"),
+        ({"model": {"head_out_dim": 0}}, "head_out_dim"),
+        ({"eval": {"batch_size": 0}}, "eval.batch_size"),
     ],
 )
 def test_bad_values_are_user_errors(layer, words):

@@ -57,7 +57,10 @@ def test_pretrain_writes_logs_checkpoint_and_knn(image_folder, tmp_path):
     assert state["step"] == 4 and state["config"]["train"]["max_steps"] == 4
     assert (run / "config.yaml").exists() and list((run / "tensorboard").iterdir())
     knn = json.loads((run / "knn.json").read_text())
-    assert set(knn) == {"trained", "random_init"} and 0 <= knn["trained"]["top1"] <= 100
+    assert (
+        set(knn) == {"trained", "random_init", "checkpoint"} and 0 <= knn["trained"]["top1"] <= 100
+    )
+    assert knn["checkpoint"]["step"] == 4 and len(knn["checkpoint"]["sha256"]) == 64
 
 
 def test_loss_goes_down_and_weights_change(image_folder, tmp_path):
@@ -172,6 +175,42 @@ def test_time_budget_stops_and_anneals(image_folder, tmp_path, monkeypatch):
     assert abs(records[-1]["planned_steps"] - steps) <= 2
     assert records[-1]["lr"] < 0.05 * max(r["lr"] for r in records)
     assert load_checkpoint(tmp_path / "run")["step"] == steps
+
+
+def test_resumed_time_budget_keeps_its_schedule(image_folder, tmp_path, monkeypatch):
+    now = [0.0]
+
+    def fake_clock():
+        now[0] += 0.01
+        return now[0]
+
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=fake_clock))
+    cfg = tiny_config(image_folder, max_time=3.0, checkpoint_every=20, epochs=100_000)
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        raise SystemExit("crash right after the step-20 checkpoint")
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    with pytest.raises(SystemExit):
+        pretrain(cfg, tmp_path / "run")
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    pretrain(cfg, tmp_path / "run", resume=True)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lr = {r["step"]: r["lr"] for r in records}
+    peak = max(lr.values())
+    # without the saved step time, the first steps after resuming planned for the epoch budget
+    # and the learning rate jumped back towards the peak
+    assert abs(lr[21] - lr[20]) < 0.05 * peak and abs(lr[22] - lr[21]) < 0.05 * peak
+
+
+def test_an_existing_run_is_not_overwritten(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, max_steps=2)
+    pretrain(cfg, tmp_path / "run")
+    with pytest.raises(UserError, match="already holds a run"):
+        pretrain(cfg, tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run")["step"] == 2
 
 
 def test_budget_arithmetic():

@@ -1,4 +1,4 @@
-"""``python -m simclr`` (and ``torchrun -m simclr``) runs the command line."""
+"""``python -m simclr`` runs the command line."""
 
 import sys
 

@@ -44,8 +44,11 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any parse failure means "not a usable checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        raise UserError(
+            f"cannot read checkpoint {path}: not a complete torch checkpoint ({detail[:120]})"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise UserError(f"{path} is not a simclr checkpoint")
     if state.get("schema") != SCHEMA:

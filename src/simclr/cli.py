@@ -46,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         print(f"simclr: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # a path the user gave that cannot be read or written
+        where = f": {err.filename}" if err.filename else ""
+        print(f"simclr: error: {err.strerror or err}{where}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
 
@@ -69,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(commands)
 
     demo = commands.add_parser("demo", help="pretrain on the built-in digits and compare kNN")
-    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder")
+    demo.add_argument("--out", type=Path, help="run folder (default: runs/demo-<timestamp>)")
     demo.add_argument("--max-time", type=float, help="seconds of training (default 120)")
     demo.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     demo.set_defaults(run=_run_demo, command="demo")
@@ -142,6 +146,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from simclr.config import to_yaml
     from simclr.train import pretrain
 
+    if args.resume and args.out is None:
+        raise UserError("--resume needs --out RUN_DIR, the run to continue")
     run_dir = args.out or Path("runs") / time.strftime("simclr-%Y%m%d-%H%M%S")
     saved = run_dir / "checkpoints" / LATEST
     if args.resume and not saved.exists():
@@ -166,16 +172,17 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides["train"]["device"] = args.device
     cfg = build_config(recipe_overrides("digits-demo"), overrides)
+    run_dir = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     print(
         f"simclr demo: pretraining {cfg.model.backbone} (width {cfg.model.width}) on the "
         f"built-in digits for {cfg.train.max_time:.0f} s, then weighted kNN on held-out digits",
         file=sys.stderr,
     )
-    summary = pretrain(cfg, args.out)
+    summary = pretrain(cfg, run_dir)
     knn = summary["knn"]
     print(f"kNN top-1, random-init encoder: {knn['random_init']['top1']:.1f}%")
     print(f"kNN top-1, SimCLR-trained encoder: {knn['trained']['top1']:.1f}%")
-    print(f"run folder: {args.out}  ({summary['steps']} steps, {summary['train_seconds']} s)")
+    print(f"run folder: {run_dir}  ({summary['steps']} steps, {summary['train_seconds']} s)")
     return 0
 
 

@@ -23,8 +23,8 @@ def add_commands(commands: Any) -> None:
     """Register the checkpoint commands on the ``simclr`` subparsers."""
     knn = _checkpoint_command(commands, "knn", "weighted kNN accuracy of the frozen encoder")
     _labelled_data_flags(knn)
-    knn.add_argument("--k", type=int, help="neighbours (default 200)")
-    knn.add_argument("--temperature", type=float, help="vote temperature (default 0.1)")
+    knn.add_argument("--k", type=positive_int, help="neighbours (default 200)")
+    knn.add_argument("--temperature", type=positive_float, help="vote temperature (default 0.1)")
     knn.set_defaults(run=run_knn)
 
     linear = _checkpoint_command(commands, "linear", "linear probe on frozen features")
@@ -36,8 +36,8 @@ def add_commands(commands: Any) -> None:
         help="logistic: L-BFGS logistic regression on cached standardised features, C chosen on "
         "a validation split (default); sgd: the paper's SGD on the frozen encoder with crop+flip",
     )
-    linear.add_argument("--epochs", type=int, default=100, help="epochs of the sgd protocol")
-    linear.add_argument("--max-time", type=float, help="seconds of training (sgd protocol)")
+    linear.add_argument("--epochs", type=positive_int, default=100, help="epochs (sgd protocol)")
+    linear.add_argument("--max-time", type=positive_float, help="seconds of training (sgd)")
     linear.set_defaults(run=run_linear)
 
     finetune = _checkpoint_command(commands, "finetune", "fine-tune with a fraction of the labels")
@@ -47,17 +47,17 @@ def add_commands(commands: Any) -> None:
     finetune.add_argument(
         "--keep-projection-layers", type=int, default=0, help="head layers kept (v2 uses 1)"
     )
-    finetune.add_argument("--epochs", type=int, default=60, help="passes over the subset")
-    finetune.add_argument("--batch-size", type=int, default=256)
-    finetune.add_argument("--lr", type=float, default=0.05, help="peak learning rate (SGD)")
-    finetune.add_argument("--max-time", type=float, help="seconds of training at most")
+    finetune.add_argument("--epochs", type=positive_int, default=60, help="passes over the subset")
+    finetune.add_argument("--batch-size", type=positive_int, default=256)
+    finetune.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate")
+    finetune.add_argument("--max-time", type=positive_float, help="seconds of training at most")
     finetune.add_argument("--seed", type=int, default=0, help="subset and training seed")
     finetune.set_defaults(run=run_finetune)
 
     cluster = _checkpoint_command(commands, "cluster", "k-means on the embeddings: NMI, ARI, acc")
     cluster.add_argument("--data", required=True, help="images to cluster")
     cluster.add_argument("--split", default="test", help="train or test (digits, CIFAR)")
-    cluster.add_argument("--k", type=int, help="clusters (default: number of classes)")
+    cluster.add_argument("--k", type=positive_int, help="clusters (default: number of classes)")
     cluster.set_defaults(run=run_cluster)
 
     embed = _checkpoint_command(commands, "embed", "embeddings of every image to .npy + index")
@@ -70,7 +70,7 @@ def add_commands(commands: Any) -> None:
     near = _checkpoint_command(commands, "neighbors", "nearest images of a query image")
     near.add_argument("--embeddings", type=Path, required=True, help=".npy written by embed")
     near.add_argument("--query", type=Path, required=True, help="query image file")
-    near.add_argument("--k", type=int, default=8)
+    near.add_argument("--k", type=positive_int, default=8)
     near.set_defaults(run=run_neighbors)
 
     export = _checkpoint_command(commands, "export", "encoder as safetensors, TorchScript, ONNX")
@@ -87,7 +87,7 @@ def add_commands(commands: Any) -> None:
         metavar="KEY=VALUE",
         help="override a recipe field, e.g. --set augment.blur_p=0.5",
     )
-    views.add_argument("--num-images", type=int, default=8)
+    views.add_argument("--num-images", type=positive_int, default=8)
     views.add_argument("--seed", type=int, default=0)
     views.add_argument("--out", type=Path, default=Path("views.png"))
     views.set_defaults(run=run_views, command="views")
@@ -101,8 +101,24 @@ def add_commands(commands: Any) -> None:
     map_.add_argument("--data", required=True, help="images to map")
     map_.add_argument("--split", default="test", help="train or test (digits, CIFAR)")
     map_.add_argument("--method", choices=("tsne", "umap"), default="tsne")
-    map_.add_argument("--max-points", type=int, default=5000)
+    map_.add_argument("--max-points", type=positive_int, default=5000)
     map_.set_defaults(run=run_map)
+
+
+def positive_int(text: str) -> int:
+    """Argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
 
 
 def _checkpoint_command(commands: Any, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -169,18 +185,20 @@ class _Context:
 
 def run_knn(args: argparse.Namespace) -> int:
     """``simclr knn``: weighted kNN (k=200, t=0.1 unless given) on cached features."""
+    from simclr.data.datasets import require_labels
     from simclr.evaluate.knn import knn_accuracy
 
     ctx = _Context(args)
-    train, _, protocol = ctx.features(args.train_data, "train")
-    test, _, _ = ctx.features(args.test_data, "test")
+    train, train_set, protocol = ctx.features(args.train_data, "train", labelled=False)
+    test, test_set, _ = ctx.features(args.test_data, "test", labelled=False)
+    require_labels(train_set, test_set, "kNN")
     result = knn_accuracy(
         train.features,
         train.labels,
         test.features,
         test.labels,
-        k=args.k or ctx.config.eval.k,
-        temperature=args.temperature or ctx.config.eval.temperature,
+        k=ctx.config.eval.k if args.k is None else args.k,
+        temperature=ctx.config.eval.temperature if args.temperature is None else args.temperature,
     )
     result["protocol"]["preprocessing"] = protocol["preprocessing"]
     return ctx.emit("knn", result)
@@ -188,7 +206,7 @@ def run_knn(args: argparse.Namespace) -> int:
 
 def run_linear(args: argparse.Namespace) -> int:
     """``simclr linear``: the linear probe on frozen features."""
-    from simclr.evaluate.finetune import require_labels
+    from simclr.data.datasets import require_labels
     from simclr.evaluate.linear import linear_probe, linear_probe_sgd
 
     ctx = _Context(args)
@@ -242,7 +260,9 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     tag = f"finetune-{args.label_fraction:g}" + ("-scratch" if args.from_scratch else "")
     chosen = balanced_subset(train_set.labels, args.label_fraction, args.seed)
-    listing = run_dir_of(Path(ctx.encoder.info["path"])) / f"{tag}-subset.txt"
+    folder = args.out.parent if args.out else run_dir_of(Path(ctx.encoder.info["path"]))
+    listing = folder / f"{tag}-subset.txt"
+    listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("\n".join(subset_names(train_set, chosen)) + "\n")
     result["subset_file"] = str(listing)
     return ctx.emit(tag, result)

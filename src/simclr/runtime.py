@@ -14,22 +14,26 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+        device = torch.device("meta")  # rejected below with the same message
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda[:N]")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but CUDA is not available")
     return device
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` picks bf16 autocast where the hardware computes bf16 natively, else fp32.
+    """``auto`` picks the fastest mixed precision the hardware computes natively.
 
-    On CPUs with AVX512-BF16 or AMX, oneDNN runs bf16 convolutions 2-3x faster than fp32 (see
-    docs/benchmarks.md); elsewhere bf16 is emulated and slower, so fp32 is kept.
+    CUDA: bf16 autocast where the GPU has bf16 units (Ampere and newer), else fp16 autocast with
+    a gradient scaler (V100, T4). CPU: bf16 on CPUs with AVX512-BF16 or AMX, where oneDNN runs
+    bf16 convolutions about 2x faster than fp32 (see docs/benchmarks.md); fp32 elsewhere, where
+    bf16 is emulated and slower.
     """
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     if device.type == "cpu" and _cpu_has_native_bf16():
         return "bf16"
     return "fp32"

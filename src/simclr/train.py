@@ -11,8 +11,11 @@ import json
 import logging
 import math
 import platform
+import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from simclr.augment.views import SimCLRViews
-from simclr.checkpoint import LATEST, load_checkpoint, save_checkpoint
+from simclr.checkpoint import LATEST, file_sha256, load_checkpoint, save_checkpoint
 from simclr.config import Config, to_dict, to_yaml
-from simclr.data.datasets import ImageDataset, build_dataset
+from simclr.data.datasets import ImageDataset, build_dataset, require_labels
 from simclr.data.loading import train_batches
 from simclr.errors import UserError
 from simclr.evaluate.knn import evaluate_knn
@@ -89,6 +92,13 @@ def pretrain(
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     tcfg = cfg.train
+    checkpoint_path = run_dir / "checkpoints" / LATEST
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a folder")
+    if checkpoint_path.exists() and not resume:
+        raise UserError(
+            f"{run_dir} already holds a run; continue it with --resume or choose another --out"
+        )
     torch.manual_seed(tcfg.seed)
     model = SimCLR.from_config(cfg.model).to(device)  # an unknown backbone fails before data loads
     if dataset is None:
@@ -105,7 +115,6 @@ def pretrain(
         )
     eval_sets = _eval_datasets(cfg, dataset)  # fail before training, not after
 
-    checkpoint_path = run_dir / "checkpoints" / LATEST
     state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -121,14 +130,22 @@ def pretrain(
     dtype = autocast_dtype(precision)
     budget = Budget(len(dataset) // tcfg.batch_size, tcfg.epochs, tcfg.max_steps, tcfg.max_time)
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, saved_seconds_per_step = 0, 0.0, None
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise UserError(f"cannot resume {checkpoint_path} with this config: {first}") from None
         scaler.load_state_dict(state["scaler"])
-        views.set_rng_state(state["rng"]["views"])
+        if state["rng"].get("views_device", device.type) == device.type:
+            views.set_rng_state(state["rng"]["views"])
+        else:  # a CUDA generator state does not fit a CPU generator, nor the reverse
+            log.warning("resuming on %s: the views' random stream restarts from the seed", device)
         torch.set_rng_state(state["rng"]["torch"])
         step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
+        saved_seconds_per_step = state.get("seconds_per_step")
         log.info("resumed from %s at step %d", checkpoint_path, step)
 
     def checkpoint() -> None:
@@ -140,7 +157,12 @@ def pretrain(
                 "step": step,
                 "epoch": step // budget.steps_per_epoch,
                 "elapsed_s": elapsed(),
-                "rng": {"views": views.get_rng_state(), "torch": torch.get_rng_state()},
+                "rng": {
+                    "views": views.get_rng_state(),
+                    "views_device": device.type,
+                    "torch": torch.get_rng_state(),
+                },
+                "seconds_per_step": seconds_per_step(),
                 "config": to_dict(cfg),
             },
             checkpoint_path,
@@ -155,12 +177,15 @@ def pretrain(
         return elapsed_before + time.perf_counter() - start_time
 
     def seconds_per_step() -> float | None:
+        # until this process has measured its own, a resumed run uses the saved estimate, so
+        # its time-based schedule continues where it was instead of jumping back
         if timing_start is None or step <= timing_start[0]:
-            return None
+            return saved_seconds_per_step
         return (time.perf_counter() - timing_start[1]) / (step - timing_start[0])
 
     skipped_files, loss_value, first_step = 0, float("nan"), step
     model.train()
+    restore_sigterm = _sigterm_as_interrupt()
     bar = tqdm(
         total=budget.step_limit,
         initial=step,
@@ -235,11 +260,12 @@ def pretrain(
             if step == step_at_epoch_start:
                 raise UserError(f"no readable images in {cfg.data.path} (all files failed)")
         checkpoint()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler pre-empting the job
         checkpoint()
         log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
         raise
     finally:
+        restore_sigterm()
         bar.close()
         metrics.close()
     if skipped_files:
@@ -255,6 +281,11 @@ def pretrain(
     }
     if eval_sets is not None:
         summary["knn"] = knn_with_baseline(model, cfg, *eval_sets, device=device)
+        summary["knn"]["checkpoint"] = {
+            "path": str(checkpoint_path),
+            "sha256": file_sha256(checkpoint_path),
+            "step": step,
+        }
         (run_dir / "knn.json").write_text(json.dumps(summary["knn"], indent=2) + "\n")
     return summary
 
@@ -304,10 +335,24 @@ def _eval_datasets(
     reference = (
         train_data if cfg.eval.train_data is None else open_split(cfg.eval.train_data, "train")
     )
-    for role, data in (("kNN reference (training) data", reference), ("eval data", test)):
-        if not data.has_labels:
-            raise UserError(f"the {role} has no labels; kNN needs class subfolders")
+    require_labels(reference, test, "kNN")
     return reference, test
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Turn SIGTERM into KeyboardInterrupt (so a checkpoint is written); returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def _write_environment(run_dir: Path, device: torch.device, precision: str) -> None:

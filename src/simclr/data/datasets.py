@@ -104,6 +104,25 @@ class FileImages(ImageDataset):
         return image, int(self.labels[index])
 
 
+def require_labels(train_set: ImageDataset, test_set: ImageDataset, purpose: str) -> None:
+    """Fail with one line unless both sets are labelled with the same classes, in the same order.
+
+    Image folders number their classes by sorted subfolder name, so a test folder missing a class
+    would silently shift every label after it.
+
+    Raises:
+        UserError: a set without labels, or different class lists.
+    """
+    for role, data in (("training", train_set), ("test", test_set)):
+        if not data.has_labels:
+            raise UserError(f"the {role} data has no labels; {purpose} needs class subfolders")
+    if train_set.classes != test_set.classes:
+        raise UserError(
+            f"the training and test data have different classes ({len(train_set.classes)} vs "
+            f"{len(test_set.classes)}, or in another order); {purpose} needs the same classes"
+        )
+
+
 def read_image(path: str) -> Tensor | None:
     """Decode one file to uint8 ``[3, H, W]`` RGB; ``None`` (with a warning) if unreadable."""
     try:

@@ -162,7 +162,12 @@ def dataset_features(
         "weights": encoder.info["weights"],
     }
     # The key covers what was embedded: item names and their modification times (for files).
-    identity = {**protocol, "data": _absolute(spec), "layer": layer, "items": _fingerprint(dataset)}
+    identity = {
+        **protocol,
+        "data": _absolute(spec),
+        "layer": layer,
+        "items": _fingerprint(dataset, _absolute(spec)),
+    }
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
     cache_file = run_dir_of(Path(encoder.info["path"])) / "features" / f"{key}.pt"
     if cache and cache_file.exists():
@@ -181,10 +186,13 @@ def dataset_features(
     return features, dataset, protocol
 
 
-def _fingerprint(dataset: ImageDataset) -> str:
-    """A hash of the item names and, for files on disk, their sizes and modification times."""
+def _fingerprint(dataset: ImageDataset, spec_path: str) -> str:
+    """A hash of the data path and item names, with sizes and modification times of real files.
+
+    The path's own stat covers arrays and CIFAR copies, whose item names are synthetic.
+    """
     digest = hashlib.sha256()
-    for name in dataset.names:
+    for name in [spec_path, *dataset.names]:
         digest.update(name.encode())
         with contextlib.suppress(OSError):
             stat = os.stat(name)

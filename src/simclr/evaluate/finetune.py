@@ -29,7 +29,7 @@ from simclr.augment import functional as AF
 from simclr.augment.loader import TwoCrops
 from simclr.augment.params import sample_view_params
 from simclr.config import AugmentConfig, Config, OptimConfig
-from simclr.data.datasets import FileImages, ImageDataset, TensorImages
+from simclr.data.datasets import FileImages, ImageDataset, TensorImages, require_labels
 from simclr.data.loading import epoch_batches
 from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
@@ -47,7 +47,6 @@ __all__ = [
     "classifier_augment",
     "evaluate_classifier",
     "finetune",
-    "require_labels",
     "subset_names",
     "train_classifier",
 ]
@@ -86,25 +85,6 @@ def balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
 def subset_names(dataset: ImageDataset, indices: Tensor) -> list[str]:
     """The item names (file paths, or ``array/i``) of a subset, to save the exact label split."""
     return [dataset.names[i] for i in indices.tolist()]
-
-
-def require_labels(train_set: ImageDataset, test_set: ImageDataset, purpose: str) -> None:
-    """Fail with one line unless both sets are labelled with the same classes, in the same order.
-
-    Image folders number their classes by sorted subfolder name, so a test folder missing a class
-    would silently shift every label after it.
-
-    Raises:
-        UserError: a set without labels, or different class lists.
-    """
-    for role, data in (("training", train_set), ("test", test_set)):
-        if not data.has_labels:
-            raise UserError(f"the {role} data has no labels; {purpose} needs class subfolders")
-    if train_set.classes != test_set.classes:
-        raise UserError(
-            f"the training and test data have different classes ({len(train_set.classes)} vs "
-            f"{len(test_set.classes)}, or in another order); {purpose} needs the same classes"
-        )
 
 
 class Classifier(nn.Module):
@@ -439,7 +419,9 @@ def finetune(
         from_scratch=from_scratch,
         seed=seed,
     )
-    start = torch.cat([p.detach().flatten().float() for p in classifier.backbone.parameters()])
+    start = torch.cat(
+        [p.detach().flatten().float().cpu() for p in classifier.backbone.parameters()]
+    )
     augment = classifier_augment(config.augment)
     precision = resolve_precision(precision, device)
     optim = OptimConfig(

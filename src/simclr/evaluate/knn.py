@@ -38,14 +38,15 @@ def knn_predict(
         scores ``[M, num_classes]`` (sort them for top-k predictions).
     """
     train = F.normalize(train_features.float(), dim=1)
+    labels = train_labels.to(train.device)
     k = min(k, len(train))
     scores = []
-    for chunk in F.normalize(test_features.float(), dim=1).split(chunk_size):
+    for chunk in F.normalize(test_features.float().to(train.device), dim=1).split(chunk_size):
         similarity = chunk @ train.T  # (m, N)
         top_sim, top_index = similarity.topk(k, dim=1)  # (m, k)
         weights = (top_sim / temperature).exp()  # (m, k)
-        votes = torch.zeros(len(chunk), num_classes, dtype=weights.dtype)
-        votes.scatter_add_(1, train_labels[top_index], weights)  # (m, C)
+        votes = torch.zeros(len(chunk), num_classes, dtype=weights.dtype, device=train.device)
+        votes.scatter_add_(1, labels[top_index], weights)  # (m, C)
         scores.append(votes)
     return torch.cat(scores)
 
@@ -73,7 +74,7 @@ def knn_accuracy(
         **topk_accuracy(scores, test_labels),
         "protocol": {
             "method": "weighted kNN",
-            "k": k,
+            "k": min(k, len(train_labels)),
             "temperature": temperature,
             "similarity": "cosine",
             "features": "backbone (h), L2-normalised",

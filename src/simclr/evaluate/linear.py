@@ -30,7 +30,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from simclr.config import AugmentConfig, OptimConfig
-from simclr.data.datasets import ImageDataset
+from simclr.data.datasets import ImageDataset, require_labels
 from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import Features
@@ -38,7 +38,6 @@ from simclr.evaluate.finetune import (
     Classifier,
     classifier_augment,
     evaluate_classifier,
-    require_labels,
     train_classifier,
 )
 from simclr.runtime import resolve_precision

@@ -11,7 +11,7 @@ class ProjectionHead(nn.Module):
     v1 (arXiv 2002.05709, section 2.1): ``num_layers=2`` -- Linear, ReLU, Linear.
     v2 (arXiv 2006.10029, and the official code): ``num_layers=3`` with ``batch_norm=True`` --
     every Linear is followed by batch norm, including the output layer, whose Linear has no bias
-    (the norm's shift replaces it) and no ReLU.
+    and whose norm has a scale but no learnable shift (its bias stays zero), and no ReLU.
 
     Args:
         in_dim: Feature dimension of the backbone (h).
@@ -41,7 +41,10 @@ class ProjectionHead(nn.Module):
             last = index == num_layers - 1
             layers.append(nn.Linear(d_in, d_out, bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(d_out))
+                norm = nn.BatchNorm1d(d_out)
+                if last:  # the official code's output norm has a scale but no shift (center=False)
+                    norm.bias.requires_grad_(False)
+                layers.append(norm)
             if not last:
                 layers.append(nn.ReLU(inplace=True))
         self.layers = nn.Sequential(*layers)

@@ -74,7 +74,8 @@ def test_loss_goes_down_and_weights_change(image_folder, tmp_path):
 
 
 def test_resume_continues_exactly(image_folder, tmp_path, monkeypatch):
-    cfg = tiny_config(image_folder, max_steps=6)
+    # 24 images in batches of 8: 3 steps an epoch, so the step-4 checkpoint is mid-epoch
+    cfg = tiny_config(image_folder, max_steps=8, checkpoint_every=4)
     pretrain(cfg, tmp_path / "straight")
     expected = load_checkpoint(tmp_path / "straight")["model"]
 
@@ -82,16 +83,16 @@ def test_resume_continues_exactly(image_folder, tmp_path, monkeypatch):
 
     def save_then_die(state, path):
         real_save(state, path)
-        raise SystemExit("simulated crash right after the step-3 checkpoint")
+        raise SystemExit("simulated crash right after the step-4 checkpoint")
 
     monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
     with pytest.raises(SystemExit):
         pretrain(cfg, tmp_path / "crashed")
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
-    assert load_checkpoint(tmp_path / "crashed")["step"] == 3
+    assert load_checkpoint(tmp_path / "crashed")["step"] == 4
     pretrain(cfg, tmp_path / "crashed", resume=True)
     resumed = load_checkpoint(tmp_path / "crashed")
-    assert resumed["step"] == 6
+    assert resumed["step"] == 8
     for name, tensor in expected.items():
         torch.testing.assert_close(resumed["model"][name], tensor, rtol=0, atol=0, msg=name)
 

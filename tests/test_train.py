@@ -32,6 +32,19 @@ TINY = {
 }
 
 
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """A clock that advances 10 ms on every reading: step times, and so time-budgeted runs,
+    become independent of machine load."""
+    now = [0.0]
+
+    def clock():
+        now[0] += 0.01
+        return now[0]
+
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=clock))
+
+
 def tiny_config(folder, **train):
     return build_config(TINY, {"data": {"path": str(folder)}, "train": train})
 
@@ -156,16 +169,7 @@ def test_sigkill_then_resume_from_last_checkpoint(image_folder, tmp_path):
     assert load_checkpoint(checkpoint)["step"] == saved_step + 2
 
 
-def test_time_budget_stops_and_anneals(image_folder, tmp_path, monkeypatch):
-    # A fake clock that advances on every reading makes the step time, and so the run,
-    # independent of machine load.
-    now = [0.0]
-
-    def fake_clock():
-        now[0] += 0.01
-        return now[0]
-
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=fake_clock))
+def test_time_budget_stops_and_anneals(image_folder, tmp_path, fake_clock):
     cfg = tiny_config(image_folder, max_time=3.0, checkpoint_every=1000, epochs=100_000)
     summary = pretrain(cfg, tmp_path / "run")
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -178,14 +182,7 @@ def test_time_budget_stops_and_anneals(image_folder, tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "run")["step"] == steps
 
 
-def test_resumed_time_budget_keeps_its_schedule(image_folder, tmp_path, monkeypatch):
-    now = [0.0]
-
-    def fake_clock():
-        now[0] += 0.01
-        return now[0]
-
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=fake_clock))
+def test_resumed_time_budget_keeps_its_schedule(image_folder, tmp_path, fake_clock, monkeypatch):
     cfg = tiny_config(image_folder, max_time=3.0, checkpoint_every=20, epochs=100_000)
     real_save = train_module.save_checkpoint
 

@@ -85,10 +85,9 @@ def main() -> None:
         "benchmark": "cifar10_pretrain",
         "command": " ".join(command),
         "machine": {
+            **json.loads((args.run_dir / "environment.json").read_text()),
             "processor": cpu_model(),
             "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            **json.loads((args.run_dir / "environment.json").read_text()),
         },
         "wall_s": round(time.time() - started, 1),
         "train_s": summary["train_seconds"],

@@ -45,6 +45,20 @@ def fake_clock(monkeypatch):
     monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=clock))
 
 
+def crash_after_first_checkpoint(cfg, run_dir, monkeypatch):
+    """Run ``cfg`` and die (SystemExit) right after its first checkpoint is written."""
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        raise SystemExit("simulated crash right after a checkpoint")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "save_checkpoint", save_then_die)
+        with pytest.raises(SystemExit):
+            pretrain(cfg, run_dir)
+
+
 def tiny_config(folder, **train):
     return build_config(TINY, {"data": {"path": str(folder)}, "train": train})
 
@@ -92,16 +106,7 @@ def test_resume_continues_exactly(image_folder, tmp_path, monkeypatch):
     pretrain(cfg, tmp_path / "straight")
     expected = load_checkpoint(tmp_path / "straight")["model"]
 
-    real_save = train_module.save_checkpoint
-
-    def save_then_die(state, path):
-        real_save(state, path)
-        raise SystemExit("simulated crash right after the step-4 checkpoint")
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
-    with pytest.raises(SystemExit):
-        pretrain(cfg, tmp_path / "crashed")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    crash_after_first_checkpoint(cfg, tmp_path / "crashed", monkeypatch)
     assert load_checkpoint(tmp_path / "crashed")["step"] == 4
     pretrain(cfg, tmp_path / "crashed", resume=True)
     resumed = load_checkpoint(tmp_path / "crashed")
@@ -184,16 +189,7 @@ def test_time_budget_stops_and_anneals(image_folder, tmp_path, fake_clock):
 
 def test_resumed_time_budget_keeps_its_schedule(image_folder, tmp_path, fake_clock, monkeypatch):
     cfg = tiny_config(image_folder, max_time=3.0, checkpoint_every=20, epochs=100_000)
-    real_save = train_module.save_checkpoint
-
-    def save_then_die(state, path):
-        real_save(state, path)
-        raise SystemExit("crash right after the step-20 checkpoint")
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
-    with pytest.raises(SystemExit):
-        pretrain(cfg, tmp_path / "run")
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    crash_after_first_checkpoint(cfg, tmp_path / "run", monkeypatch)
     pretrain(cfg, tmp_path / "run", resume=True)
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     lr = {r["step"]: r["lr"] for r in records}

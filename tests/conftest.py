@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,18 @@ def write_image_folder(
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_image_folder(tmp_path / "images")
+
+
+CIFAR10_ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared/data/cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def cifar10_test_jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 10,000 CIFAR-10 test JPEGs (``<class>/NNNN.jpg``), extracted from the shared data."""
+    if not CIFAR10_ARCHIVE.exists():
+        pytest.skip(f"{CIFAR10_ARCHIVE} is not here")
+    root = tmp_path_factory.mktemp("cifar10")
+    with tarfile.open(CIFAR10_ARCHIVE) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith("test/")]
+        archive.extractall(root, members=members, filter="data")
+    return root / "test"

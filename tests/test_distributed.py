@@ -1,19 +1,15 @@
 """Two CPU processes (gloo, 127.0.0.1 only) against one process on the whole batch."""
 
-import os
-import socket
-import sys
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from simclr import distributed
 from simclr.losses import nt_xent
+from tests.gloo import run_on_gloo
 
 WORLD = 2
 N_PER_RANK = 3
@@ -24,12 +20,6 @@ TEMPERATURE = 0.3
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed gloo"
 )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,62 +37,60 @@ def _model() -> nn.Module:
     return nn.Linear(IN_DIM, DIM).double()
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    if sys.platform.startswith("linux"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=WORLD,
-        timeout=timedelta(seconds=30),
+def _worker(rank: int, out_dir: Path) -> None:
+    rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
+    z1_all, z2_all, x1_all, x2_all = _batch()
+    z1 = z1_all[rows].clone().requires_grad_()
+    z2 = z2_all[rows].clone().requires_grad_()
+    loss = nt_xent(z1, z2, TEMPERATURE)
+    loss.backward()
+    local_loss = nt_xent(z1.detach(), z2.detach(), TEMPERATURE, gather=False)
+
+    # The raw gather: forward concatenates in rank order, backward sums over ranks.
+    x = torch.full((2, 3), float(rank + 1), dtype=torch.float64, requires_grad=True)
+    gathered = distributed.all_gather_with_grad(x)
+    weight = torch.arange(gathered.numel(), dtype=torch.float64).reshape(gathered.shape)
+    (gathered * weight * (rank + 1)).sum().backward()
+    no_grad = distributed.all_gather_no_grad(x)
+
+    # DDP end to end: the averaged parameter gradient equals one process on the whole batch.
+    model = nn.parallel.DistributedDataParallel(_model())
+    nt_xent(model(x1_all[rows]), model(x2_all[rows]), TEMPERATURE).backward()
+
+    # Small agreements between ranks.
+    uneven = distributed.all_gather_uneven(torch.arange(rank + 1, dtype=torch.float64))
+    agreed = distributed.agree_max([float(rank), -float(rank)])
+    mean = distributed.mean_over_ranks(float(rank))
+    broadcast = distributed.broadcast_object({"from": rank})
+
+    torch.save(
+        {
+            "uneven": uneven,
+            "agreed": agreed,
+            "mean": mean,
+            "broadcast": broadcast,
+            "rank": distributed.rank(),
+            "world_size": distributed.world_size(),
+            "is_main": distributed.is_main(),
+            "is_initialized": distributed.is_initialized(),
+            "loss": loss.detach(),
+            "local_loss": local_loss,
+            "grad1": z1.grad,
+            "grad2": z2.grad,
+            "gathered": gathered.detach(),
+            "x_grad": x.grad,
+            "no_grad": no_grad,
+            "weight_grad": model.module.weight.grad,
+            "bias_grad": model.module.bias.grad,
+        },
+        out_dir / f"rank{rank}.pt",
     )
-    try:
-        rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
-        z1_all, z2_all, x1_all, x2_all = _batch()
-        z1 = z1_all[rows].clone().requires_grad_()
-        z2 = z2_all[rows].clone().requires_grad_()
-        loss = nt_xent(z1, z2, TEMPERATURE)
-        loss.backward()
-        local_loss = nt_xent(z1.detach(), z2.detach(), TEMPERATURE, gather=False)
-
-        # The raw gather: forward concatenates in rank order, backward sums over ranks.
-        x = torch.full((2, 3), float(rank + 1), dtype=torch.float64, requires_grad=True)
-        gathered = distributed.all_gather_with_grad(x)
-        weight = torch.arange(gathered.numel(), dtype=torch.float64).reshape(gathered.shape)
-        (gathered * weight * (rank + 1)).sum().backward()
-        no_grad = distributed.all_gather_no_grad(x)
-
-        # DDP end to end: the averaged parameter gradient equals one process on the whole batch.
-        model = nn.parallel.DistributedDataParallel(_model())
-        nt_xent(model(x1_all[rows]), model(x2_all[rows]), TEMPERATURE).backward()
-
-        torch.save(
-            {
-                "rank": distributed.rank(),
-                "world_size": distributed.world_size(),
-                "is_main": distributed.is_main(),
-                "is_initialized": distributed.is_initialized(),
-                "loss": loss.detach(),
-                "local_loss": local_loss,
-                "grad1": z1.grad,
-                "grad2": z2.grad,
-                "gathered": gathered.detach(),
-                "x_grad": x.grad,
-                "no_grad": no_grad,
-                "weight_grad": model.module.weight.grad,
-                "bias_grad": model.module.bias.grad,
-            },
-            Path(out_dir) / f"rank{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True)
+    run_on_gloo(_worker, WORLD, out_dir)
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD)]
 
 
@@ -167,6 +155,17 @@ def test_all_gather_with_grad_concatenates_and_sums_gradients(results: list[dict
         torch.testing.assert_close(res["x_grad"], total * weight[2 * r : 2 * r + 2])
 
 
+def test_agreements_between_ranks(results: list[dict]) -> None:
+    for res in results:
+        # rank 0 holds [0], rank 1 holds [0, 1]: padded for the collective, trimmed after
+        torch.testing.assert_close(
+            res["uneven"], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+        )
+        assert res["agreed"] == [1.0, 0.0]
+        assert res["mean"] == 0.5
+        assert res["broadcast"] == {"from": 0}
+
+
 def test_helpers_without_a_process_group() -> None:
     assert not distributed.is_initialized()
     assert distributed.rank() == 0
@@ -177,3 +176,7 @@ def test_helpers_without_a_process_group() -> None:
     detached = distributed.all_gather_no_grad(x)
     assert not detached.requires_grad
     assert detached.data_ptr() == x.data_ptr()
+    assert distributed.agree_max([1.0, 2.0]) == [1.0, 2.0]
+    assert distributed.mean_over_ranks(3.0) == 3.0
+    assert distributed.broadcast_object("x") == "x"
+    assert distributed.all_gather_uneven(x).data_ptr() == x.data_ptr()

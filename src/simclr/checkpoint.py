@@ -1,10 +1,12 @@
 """Checkpoints: one dict of plain data, written atomically, read without unpickling code.
 
 A checkpoint holds ``model`` (state dict of the unwrapped :class:`SimCLR`), ``optimizer``,
-``scaler``, ``step``, ``epoch``, ``elapsed_s``, ``rng`` (tensors), ``config`` (a plain dict) and
-``schema``. It is written to a temporary file in the same folder, flushed to disk, then renamed
-over the target, so a crash leaves either the old file or the new one, never half of one. It is
-read with ``torch.load(weights_only=True)``, which refuses pickled code.
+``scaler``, ``step``, ``epoch``, ``elapsed_s``, ``seconds_per_step``, ``world_size``, ``config``
+(a plain dict) and ``schema``. No random state is needed: the data order is a function of
+(seed, epoch) and the views of (seed, step, rank). It is written to a temporary file in the
+same folder, flushed to disk, then renamed over the target, so a crash leaves either the old file
+or the new one, never half of one. It is read with ``torch.load(weights_only=True)``, which
+refuses pickled code.
 """
 
 from __future__ import annotations

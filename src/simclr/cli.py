@@ -1,4 +1,4 @@
-"""The ``simclr`` command line: ``pretrain``, ``demo``, ``recipes`` and the checkpoint commands.
+"""The ``simclr`` command line: ``pretrain``, ``demo``, ``shards``, ``recipes`` and the rest.
 
 The commands that read a checkpoint (``knn``, ``linear``, ``finetune``, ``cluster``, ``embed``,
 ``neighbors``, ``export``, ``map``) and the pictures (``views``, ``plot``) live in
@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     demo.set_defaults(run=_run_demo, command="demo")
 
+    shards = commands.add_parser(
+        "shards", help="pack an image folder into WebDataset tar shards for streaming"
+    )
+    shards.add_argument("source", type=Path, help="image folder (class subfolders or flat)")
+    shards.add_argument("out", type=Path, help="empty folder for shard-*.tar and shards.json")
+    shards.add_argument("--max-count", type=int, default=10_000, help="images per shard")
+    shards.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
+    shards.set_defaults(run=_run_shards, command="shards")
+
     recipes = commands.add_parser("recipes", help="list the named recipes")
     recipes.set_defaults(run=_run_recipes, command="recipes")
     return parser
@@ -142,24 +151,42 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
-    from simclr.checkpoint import LATEST, load_checkpoint
+    from simclr import distributed
     from simclr.config import to_yaml
     from simclr.train import pretrain
 
     if args.resume and args.out is None:
         raise UserError("--resume needs --out RUN_DIR, the run to continue")
+    with distributed.process_group_from_env():
+        # Rank 0 names the run folder and reads the checkpoint's config; the others follow it.
+        if not distributed.is_main():
+            logging.getLogger("simclr").setLevel(logging.WARNING)
+        run_dir, base = distributed.broadcast_object(
+            _run_dir_and_config(args) if distributed.is_main() else None
+        )
+        cfg = _resolve_config(args, base)
+        if args.print_config:
+            if distributed.is_main():
+                print(to_yaml(cfg), end="")
+            return 0
+        summary = pretrain(cfg, run_dir, resume=args.resume)
+        if distributed.is_main():
+            print(json.dumps({"run_dir": str(run_dir), **summary}))
+    return 0
+
+
+def _run_dir_and_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder, and the saved config when ``--resume`` finds a checkpoint there."""
+    from simclr.checkpoint import LATEST, load_checkpoint
+
     run_dir = args.out or Path("runs") / time.strftime("simclr-%Y%m%d-%H%M%S")
     saved = run_dir / "checkpoints" / LATEST
-    if args.resume and not saved.exists():
+    if not args.resume:
+        return run_dir, None
+    if not saved.exists():
         logging.getLogger("simclr").warning("no checkpoint in %s: starting from scratch", run_dir)
-    base = load_checkpoint(saved)["config"] if args.resume and saved.exists() else None
-    cfg = _resolve_config(args, base)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    summary = pretrain(cfg, run_dir, resume=args.resume)
-    print(json.dumps({"run_dir": str(run_dir), **summary}))
-    return 0
+        return run_dir, None
+    return run_dir, load_checkpoint(saved)["config"]
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -183,6 +210,27 @@ def _run_demo(args: argparse.Namespace) -> int:
     print(f"kNN top-1, random-init encoder: {knn['random_init']['top1']:.1f}%")
     print(f"kNN top-1, SimCLR-trained encoder: {knn['trained']['top1']:.1f}%")
     print(f"run folder: {run_dir}  ({summary['steps']} steps, {summary['train_seconds']} s)")
+    return 0
+
+
+def _run_shards(args: argparse.Namespace) -> int:
+    from simclr.data.datasets import scan_folder
+    from simclr.data.shards import INDEX, write_shards
+
+    if not args.source.is_dir():
+        raise UserError(f"{args.source} is not a folder of images")
+    if args.max_count < 1:
+        raise UserError("--max-count must be at least 1")
+    written = write_shards(
+        scan_folder(args.source), args.out, max_count=args.max_count, seed=args.seed
+    )
+    summary = {
+        "index": str(args.out / INDEX),
+        "shards": len(written.urls),
+        "samples": written.num_samples,
+        "classes": len(written.classes),
+    }
+    print(json.dumps(summary))
     return 0
 
 

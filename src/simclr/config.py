@@ -27,7 +27,8 @@ class DataConfig:
 
     path: str = "digits"
     """An image folder (class subfolders or flat), a torchvision CIFAR root, a ``.npy``/``.npz``
-    file of uint8 images, or the built-in ``digits``."""
+    file of uint8 images, the built-in ``digits``, or WebDataset shards (their ``shards.json``,
+    by path or URL, or its folder; written by ``simclr shards``)."""
     in_memory: str = "auto"
     """``auto`` decodes datasets of small images (at most 64 px) once into a uint8 tensor;
     ``always`` / ``never`` force it."""
@@ -109,6 +110,7 @@ class TrainConfig:
     """The pretraining loop: budgets, precision, logging and checkpoints."""
 
     batch_size: int = 4096
+    """The global batch: under DDP each of K processes takes batch_size / K images."""
     temperature: float = 0.1
     epochs: int = 100
     max_steps: int | None = None
@@ -120,6 +122,9 @@ class TrainConfig:
     precision: str = "auto"
     """``auto`` (bf16 autocast on CUDA with bf16 support, fp32 elsewhere), ``bf16``, ``fp16``,
     ``fp32``."""
+    sync_batchnorm: bool = True
+    """Under DDP, normalise with the statistics of the global batch (the paper's global BN);
+    no effect in a single process."""
     checkpoint_every: int = 500
     """Steps between checkpoints (one is always written at the end)."""
     log_every: int = 10

@@ -3,6 +3,7 @@
 Everything here works in a plain single-process run (no ``init_process_group``): the rank is 0,
 the world size is 1 and the gathers return their input. Under ``torchrun`` / DDP the gathers
 collect one tensor from every process and concatenate them along dimension 0, in rank order.
+:func:`process_group_from_env` joins the job that ``torchrun`` describes in the environment.
 
 All processes must call a gather with tensors of the same shape (use ``drop_last=True`` in the
 data loader so the last batch is not smaller on some ranks), and all processes must run the
@@ -11,6 +12,10 @@ backward pass of :func:`all_gather_with_grad`, since it contains a collective to
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -18,13 +23,22 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "agree_max",
     "all_gather_no_grad",
+    "all_gather_uneven",
     "all_gather_with_grad",
+    "broadcast_object",
     "is_initialized",
     "is_main",
+    "local_rank",
+    "mean_over_ranks",
+    "process_group_from_env",
     "rank",
     "world_size",
 ]
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=30)
+"""How long a rank waits for the others (rank 0 alone runs the end-of-run evaluation)."""
 
 
 def is_initialized() -> bool:
@@ -45,6 +59,77 @@ def world_size() -> int:
 def is_main() -> bool:
     """True on rank 0 (and always in a single-process run): the process that logs and saves."""
     return rank() == 0
+
+
+def local_rank() -> int:
+    """This process's index on its machine (``LOCAL_RANK`` from torchrun); 0 otherwise."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@contextmanager
+def process_group_from_env() -> Iterator[None]:
+    """Join the job that ``torchrun`` (or SLURM + torchrun) describes in the environment.
+
+    Does nothing when there is no ``WORLD_SIZE`` in the environment (a plain ``python`` run) or
+    when a process group already exists (the caller made one). Otherwise it initialises the
+    default group from ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``: gloo for
+    CPU tensors and, when CUDA is used, NCCL for CUDA tensors, with this process on GPU
+    ``LOCAL_RANK`` (NCCL connects lazily, so a CPU-only run on a GPU machine does not use it).
+    The group is destroyed on exit.
+    """
+    if is_initialized() or "WORLD_SIZE" not in os.environ:
+        yield
+        return
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank())
+    backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+    # torchrun keeps one key-value store across restarts: without a per-attempt prefix, the
+    # restarted processes can read the dead processes' addresses and fail to connect.
+    store, rank, world = next(dist.rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(
+        backend,
+        store=dist.PrefixStore(f"simclr/attempt{attempt}/", store),
+        rank=rank,
+        world_size=world,
+        timeout=COLLECTIVE_TIMEOUT,
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled; for small set-up data such as a run folder)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def agree_max(values: Sequence[float]) -> list[float]:
+    """The element-wise maximum of ``values`` over all ranks, so every rank takes one decision.
+
+    Used for the clock of a time budget and the usable batch length: a rank that stopped or
+    shrank its batch alone would leave the others waiting in a collective.
+    """
+    if world_size() == 1:
+        return list(values)
+    tensor = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [float(v) for v in tensor.tolist()]
+
+
+def mean_over_ranks(value: float) -> float:
+    """The mean of a per-rank number (such as the local loss) over all ranks."""
+    if world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return float(tensor.item()) / world_size()
 
 
 def _gather(x: Tensor) -> list[Tensor]:
@@ -115,3 +200,24 @@ def all_gather_no_grad(x: Tensor) -> Tensor:
         return x.detach()
     with torch.no_grad():
         return torch.cat(_gather(x.detach()), dim=0)
+
+
+def all_gather_uneven(x: Tensor) -> Tensor:
+    """Like :func:`all_gather_no_grad`, but each rank may hold a different number of rows.
+
+    Rows are padded to the longest rank's count for the collective and trimmed afterwards.
+
+    Args:
+        x: this rank's ``[n_r, ...]`` tensor (same trailing shape and dtype on every rank).
+
+    Returns:
+        ``[sum_r n_r, ...]``, rank 0's rows first.
+    """
+    if world_size() == 1:
+        return x.detach()
+    counts = [int(c) for c in _gather(torch.tensor([len(x)], device=x.device))]
+    longest = max(counts)
+    padded = x.new_zeros((longest, *x.shape[1:]))
+    padded[: len(x)] = x.detach()
+    parts = _gather(padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])

@@ -15,23 +15,26 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 from tqdm import tqdm
 
+from simclr import distributed
 from simclr.augment.views import SimCLRViews
 from simclr.checkpoint import LATEST, file_sha256, load_checkpoint, save_checkpoint
 from simclr.config import Config, to_dict, to_yaml
 from simclr.data.datasets import ImageDataset, build_dataset, require_labels
-from simclr.data.loading import train_batches
+from simclr.data.loading import TrainData, open_train_data, train_batches
+from simclr.data.shards import ShardSet
 from simclr.errors import UserError
 from simclr.evaluate.knn import evaluate_knn
 from simclr.losses import NTXentLoss
 from simclr.metrics import MetricsLog
+from simclr.models.batchnorm import use_global_batchnorm
 from simclr.models.simclr import SimCLR
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, warmup_steps_for
 from simclr.runtime import autocast_dtype, resolve_device, resolve_precision
@@ -75,9 +78,15 @@ class Budget:
 
 
 def pretrain(
-    cfg: Config, run_dir: Path, *, resume: bool = False, dataset: ImageDataset | None = None
+    cfg: Config, run_dir: Path, *, resume: bool = False, dataset: TrainData | None = None
 ) -> dict[str, Any]:
     """Pretrain SimCLR as ``cfg`` says, writing checkpoints and logs into ``run_dir``.
+
+    Under a process group (``torchrun``, see :func:`simclr.distributed.process_group_from_env`)
+    every process calls this with the same arguments: the model is wrapped in
+    DistributedDataParallel, batch norm becomes global (``train.sync_batchnorm``), each process
+    takes ``train.batch_size / K`` images of every global batch, NT-Xent draws negatives from
+    all processes, and only rank 0 writes the run folder and shows progress.
 
     Args:
         cfg: The resolved configuration.
@@ -89,9 +98,13 @@ def pretrain(
     Returns:
         A summary: steps, epochs, seconds, last loss, skipped files and the kNN results.
     """
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
     tcfg = cfg.train
+    device = resolve_device(tcfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK under torchrun
+    precision = resolve_precision(tcfg.precision, device)
+    rank, world = distributed.rank(), distributed.world_size()
+    main = rank == 0
     checkpoint_path = run_dir / "checkpoints" / LATEST
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} is a file, not a folder")
@@ -99,56 +112,64 @@ def pretrain(
         raise UserError(
             f"{run_dir} already holds a run; continue it with --resume or choose another --out"
         )
+    if tcfg.batch_size % world:
+        raise UserError(
+            f"batch size {tcfg.batch_size} is not divisible by the {world} processes; "
+            "train.batch_size is the global batch"
+        )
     torch.manual_seed(tcfg.seed)
     model = SimCLR.from_config(cfg.model).to(device)  # an unknown backbone fails before data loads
     if dataset is None:
-        dataset = build_dataset(
-            cfg.data.path,
-            split="train",
-            size=cfg.augment.size,
-            in_memory=cfg.data.in_memory,
-            num_workers=cfg.data.num_workers,
-        )
+        dataset = open_train_data(cfg.data, size=cfg.augment.size)
     if len(dataset) < tcfg.batch_size:
         raise UserError(
             f"batch size {tcfg.batch_size} is larger than the dataset ({len(dataset)} images)"
         )
     eval_sets = _eval_datasets(cfg, dataset)  # fail before training, not after
 
-    state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    _write_environment(run_dir, device, precision)
-
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    views = SimCLRViews(cfg.augment, seed=tcfg.seed)
-    criterion = NTXentLoss(tcfg.temperature)
-    optimizer = build_optimizer(model, cfg.optim, tcfg.batch_size)
-    peak_lr = scaled_lr(cfg.optim.lr, tcfg.batch_size, cfg.optim.lr_scaling)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    dtype = autocast_dtype(precision)
-    budget = Budget(len(dataset) // tcfg.batch_size, tcfg.epochs, tcfg.max_steps, tcfg.max_time)
+    # Rank 0 reads the checkpoint and hands it to the others, so nodes need no shared disk.
+    found = main and resume and checkpoint_path.exists()
+    state = distributed.broadcast_object(load_checkpoint(checkpoint_path) if found else None)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        _write_environment(run_dir, device, precision)
 
     step, elapsed_before, saved_seconds_per_step = 0, 0.0, None
     if state is not None:
         try:
             model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise UserError(f"cannot resume {checkpoint_path} with this config: {first}") from None
-        scaler.load_state_dict(state["scaler"])
-        if state["rng"].get("views_device", device.type) == device.type:
-            views.set_rng_state(state["rng"]["views"])
-        else:  # a CUDA generator state does not fit a CPU generator, nor the reverse
-            log.warning("resuming on %s: the views' random stream restarts from the seed", device)
-        torch.set_rng_state(state["rng"]["torch"])
+            raise UserError(f"cannot resume {checkpoint_path} with this config: {err}") from None
         step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         saved_seconds_per_step = state.get("seconds_per_step")
+    if world > 1 and tcfg.sync_batchnorm:
+        model = use_global_batchnorm(model, device.type)  # same parameters, same state keys
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg.optim, tcfg.batch_size)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if state is not None:
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise UserError(f"cannot resume {checkpoint_path} with this config: {err}") from None
+        scaler.load_state_dict(state["scaler"])
         log.info("resumed from %s at step %d", checkpoint_path, step)
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    views = SimCLRViews(cfg.augment, seed=tcfg.seed)
+    criterion = NTXentLoss(tcfg.temperature)
+    peak_lr = scaled_lr(cfg.optim.lr, tcfg.batch_size, cfg.optim.lr_scaling)
+    dtype = autocast_dtype(precision)
+    budget = Budget(len(dataset) // tcfg.batch_size, tcfg.epochs, tcfg.max_steps, tcfg.max_time)
 
     def checkpoint() -> None:
+        if not main:
+            return
         save_checkpoint(
             {
                 "model": model.state_dict(),
@@ -157,18 +178,14 @@ def pretrain(
                 "step": step,
                 "epoch": step // budget.steps_per_epoch,
                 "elapsed_s": elapsed(),
-                "rng": {
-                    "views": views.get_rng_state(),
-                    "views_device": device.type,
-                    "torch": torch.get_rng_state(),
-                },
-                "seconds_per_step": seconds_per_step(),
+                "seconds_per_step": seconds_per_step,
+                "world_size": world,
                 "config": to_dict(cfg),
             },
             checkpoint_path,
         )
 
-    metrics = MetricsLog(run_dir)
+    metrics = MetricsLog(run_dir) if main else None
     start_time = time.perf_counter()
     timing_start: tuple[int, float] | None = None  # (step, time) after the warm-up steps
     window = (step, start_time)
@@ -176,25 +193,28 @@ def pretrain(
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - start_time
 
-    def seconds_per_step() -> float | None:
+    def measured_seconds_per_step() -> float | None:
         # until this process has measured its own, a resumed run uses the saved estimate, so
         # its time-based schedule continues where it was instead of jumping back
         if timing_start is None or step <= timing_start[0]:
             return saved_seconds_per_step
         return (time.perf_counter() - timing_start[1]) / (step - timing_start[0])
 
+    # The clock every rank agrees on (the slowest rank's), so all stop at the same step and
+    # follow the same learning-rate schedule.
+    clock, seconds_per_step = elapsed_before, saved_seconds_per_step
     skipped_files, loss_value, first_step = 0, float("nan"), step
     model.train()
-    restore_sigterm = _sigterm_as_interrupt()
+    stop = _StopRequest()
     bar = tqdm(
         total=budget.step_limit,
         initial=step,
-        disable=not tcfg.progress,
+        disable=not (tcfg.progress and main),
         unit="step",
         dynamic_ncols=True,
     )
     try:
-        while not budget.done(step, elapsed()):
+        while not budget.done(step, clock):
             epoch, offset = divmod(step, budget.steps_per_epoch)
             step_at_epoch_start = step
             for images, skipped in train_batches(
@@ -206,33 +226,44 @@ def pretrain(
                 start=offset,
                 num_workers=cfg.data.num_workers,
                 pin_memory=device.type == "cuda",
+                rank=rank,
+                world_size=world,
             ):
                 skipped_files += skipped
-                if len(images) < 2:
+                if world > 1:  # unreadable files may shorten one rank's batch: cut all alike
+                    images = images[: int(-distributed.agree_max([-len(images)])[0])]
+                if len(images) * world < 2:
                     continue
-                total_steps = budget.planned_steps(step, elapsed(), seconds_per_step())
+                total_steps = budget.planned_steps(step, clock, seconds_per_step)
                 warmup = warmup_steps_for(
                     cfg.optim.warmup_epochs, budget.steps_per_epoch, total_steps
                 )
                 lr = lr_at(step, total_steps, warmup, peak_lr, peak_lr * cfg.optim.min_lr_fraction)
                 set_lr(optimizer, lr)
 
+                views.manual_seed(view_seed(tcfg.seed, step, rank))
                 view1, view2 = views(images.to(device, non_blocking=True))
-                both = torch.cat([view1, view2]).contiguous(memory_format=memory_format)
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    z1, z2 = model(both).chunk(2)
-                    loss = criterion(z1, z2)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                loss = training_step(
+                    train_model,
+                    view1,
+                    view2,
+                    criterion,
+                    optimizer,
+                    scaler,
+                    autocast=dtype,
+                    memory_format=memory_format,
+                )
                 step += 1
                 bar.update(1)
 
                 if step - first_step == TIMING_WARMUP_STEPS:
                     timing_start = (step, time.perf_counter())
-                if step % tcfg.log_every == 0 or budget.done(step, elapsed()):
-                    loss_value = loss.item()
+                clock, agreed = distributed.agree_max(
+                    [elapsed(), measured_seconds_per_step() or -1.0]
+                )
+                seconds_per_step = agreed if agreed > 0 else None
+                if step % tcfg.log_every == 0 or budget.done(step, clock):
+                    loss_value = distributed.mean_over_ranks(loss.item())
                     if not math.isfinite(loss_value):
                         raise UserError(
                             f"loss became {loss_value} at step {step}; lower optim.lr or use "
@@ -247,15 +278,18 @@ def pretrain(
                         "loss": loss_value,
                         "lr": lr,
                         "images_per_s": round(rate, 1),
-                        "elapsed_s": round(elapsed(), 2),
+                        "elapsed_s": round(clock, 2),
                         "planned_steps": total_steps,
                     }
-                    metrics.write(record)
+                    if metrics is not None:
+                        metrics.write(record)
                     bar.total = total_steps
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
                 if step % tcfg.checkpoint_every == 0:
                     checkpoint()
-                if budget.done(step, elapsed()):
+                if stop.is_set():
+                    raise KeyboardInterrupt("SIGTERM")
+                if budget.done(step, clock):
                     break
             if step == step_at_epoch_start:
                 raise UserError(f"no readable images in {cfg.data.path} (all files failed)")
@@ -265,29 +299,72 @@ def pretrain(
         log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
         raise
     finally:
-        restore_sigterm()
+        stop.restore()
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     if skipped_files:
         log.warning("skipped %d unreadable image file(s) during training", skipped_files)
 
     summary: dict[str, Any] = {
         "steps": step,
         "epochs": round(step / budget.steps_per_epoch, 3),
-        "train_seconds": round(elapsed(), 1),
+        "train_seconds": round(clock, 1),
         "final_loss": loss_value,
         "skipped_files": skipped_files,
         "checkpoint": str(checkpoint_path),
+        "processes": world,
     }
     if eval_sets is not None:
         summary["knn"] = knn_with_baseline(model, cfg, *eval_sets, device=device)
-        summary["knn"]["checkpoint"] = {
-            "path": str(checkpoint_path),
-            "sha256": file_sha256(checkpoint_path),
-            "step": step,
-        }
-        (run_dir / "knn.json").write_text(json.dumps(summary["knn"], indent=2) + "\n")
+        if main:
+            summary["knn"]["checkpoint"] = {
+                "path": str(checkpoint_path),
+                "sha256": file_sha256(checkpoint_path),
+                "step": step,
+            }
+            (run_dir / "knn.json").write_text(json.dumps(summary["knn"], indent=2) + "\n")
     return summary
+
+
+def training_step(
+    model: nn.Module,
+    view1: Tensor,
+    view2: Tensor,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    autocast: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Tensor:
+    """One optimisation step on a batch of view pairs; returns this process's loss (detached).
+
+    Both views go through the model as one batch of 2B, so batch norm sees them together (as
+    the official implementation does); under DDP ``model`` is the wrapped model and ``criterion``
+    gathers the projections of all processes.
+
+    Shape:
+        view1 and view2 ``[B, C, H, W]`` float; row i of each is a view of image i.
+    """
+    both = torch.cat([view1, view2]).contiguous(memory_format=memory_format)
+    with torch.autocast(both.device.type, dtype=autocast, enabled=autocast is not None):
+        z1, z2 = model(both).chunk(2)
+        loss: Tensor = criterion(z1, z2)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+def view_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the views of ``step`` on ``rank``.
+
+    Views are a pure function of these three, so a resumed run draws the views it would have
+    drawn without the interruption, and no random state needs to be saved.
+    """
+    return (seed * 1_000_003 + step) * 1_009 + rank
 
 
 def knn_with_baseline(
@@ -298,7 +375,10 @@ def knn_with_baseline(
     *,
     device: torch.device,
 ) -> dict[str, Any]:
-    """KNN accuracy of ``model`` and of the same architecture at random initialisation."""
+    """KNN accuracy of ``model`` and of the same architecture at random initialisation.
+
+    In a distributed job every process embeds its share of both datasets.
+    """
     torch.manual_seed(cfg.train.seed)
     random_init = SimCLR.from_config(cfg.model).to(device)
     results = {}
@@ -311,16 +391,20 @@ def knn_with_baseline(
             cfg=cfg.eval,
             device=device,
             num_workers=cfg.data.num_workers,
+            across_ranks=True,
         )
     return results
 
 
-def _eval_datasets(
-    cfg: Config, train_data: ImageDataset
-) -> tuple[ImageDataset, ImageDataset] | None:
+def _eval_datasets(cfg: Config, train_data: TrainData) -> tuple[ImageDataset, ImageDataset] | None:
     """The labelled (reference, test) sets of the end-of-run kNN, or ``None`` when not asked."""
     if cfg.eval.data is None:
         return None
+    if isinstance(train_data, ShardSet) and cfg.eval.train_data is None:
+        raise UserError(
+            "kNN after training on shards needs --eval-train-data, a labelled folder to use as "
+            "the kNN reference (a stream of shards cannot be embedded item by item)"
+        )
 
     def open_split(spec: str, split: str) -> ImageDataset:
         return build_dataset(
@@ -332,27 +416,33 @@ def _eval_datasets(
         )
 
     test = open_split(cfg.eval.data, "test")
-    reference = (
-        train_data if cfg.eval.train_data is None else open_split(cfg.eval.train_data, "train")
-    )
+    if cfg.eval.train_data is not None:
+        reference = open_split(cfg.eval.train_data, "train")
+    else:
+        assert isinstance(train_data, ImageDataset)
+        reference = train_data
     require_labels(reference, test, "kNN")
     return reference, test
 
 
-def _sigterm_as_interrupt() -> Callable[[], None]:
-    """Turn SIGTERM into KeyboardInterrupt (so a checkpoint is written); returns the undo."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+class _StopRequest:
+    """Set by SIGTERM (a scheduler pre-empting the job, torchrun stopping a failed group).
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+    The loop checks it between steps, so the checkpoint it then writes is never half a step.
+    """
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
 
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
+    def is_set(self) -> bool:
+        return self._event.is_set()
 
-    return restore
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _write_environment(run_dir: Path, device: torch.device, precision: str) -> None:

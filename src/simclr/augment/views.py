@@ -68,6 +68,14 @@ class SimCLRViews(nn.Module):
             )
         return generator
 
+    def manual_seed(self, seed: int) -> None:
+        """Restart the random stream from ``seed`` (the training loop seeds every step)."""
+        self.seed = int(seed)
+        if self._generator is None:
+            self._pending_state = None
+        else:
+            self._generator.manual_seed(self.seed)
+
     def get_rng_state(self) -> Tensor:
         """The generator state, for checkpoints.
 

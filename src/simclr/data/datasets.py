@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -123,14 +123,17 @@ def require_labels(train_set: ImageDataset, test_set: ImageDataset, purpose: str
         )
 
 
-def read_image(path: str) -> Tensor | None:
-    """Decode one file to uint8 ``[3, H, W]`` RGB; ``None`` (with a warning) if unreadable."""
+def read_image(source: str | BinaryIO, *, name: str | None = None) -> Tensor | None:
+    """Decode a file (path or open binary stream) to uint8 ``[3, H, W]`` RGB.
+
+    Returns ``None``, with a warning naming ``name`` (default: the path), if it is unreadable.
+    """
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             rgb = img.convert("RGB")
         array = np.asarray(rgb, dtype=np.uint8)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        log.warning("skipping unreadable image %s: %s", path, err)
+        log.warning("skipping unreadable image %s: %s", name or source, err)
         return None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
@@ -219,24 +222,33 @@ def decode_to_memory(files: FileImages, *, size: int, num_workers: int = 2) -> T
 
 
 def decoded_batches(
-    files: FileImages, *, size: int, batch_size: int = 256, num_workers: int = 2
+    files: FileImages,
+    *,
+    size: int,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Decode files in order with :class:`EvalResize`, in loader workers.
 
     Unreadable files are dropped; the yielded indices say which items each batch holds.
+    ``shard = (r, K)`` decodes only every K-th batch, from batch r on.
 
     Shape:
         images uint8 ``[b, 3, size, size]``, indices int64 ``[b]`` (positions in ``files``).
     """
+    part, parts = shard
+    starts = range(part * batch_size, len(files), parts * batch_size)
+    batches = [torch.arange(start, min(start + batch_size, len(files))) for start in starts]
     loader = DataLoader(
         files.with_transform(EvalResize(size)),
-        batch_size=batch_size,
+        batch_sampler=[batch.tolist() for batch in batches],
         num_workers=num_workers,
         collate_fn=_stack_readable,
     )
-    for number, (images, positions) in enumerate(loader):
+    for batch, (images, positions) in zip(batches, loader, strict=True):
         if len(positions):
-            yield images, positions + number * batch_size
+            yield images, batch[positions]
 
 
 def digits_dataset(*, split: str = "train", size: int = 32) -> TensorImages:
@@ -341,6 +353,14 @@ class EvalResize:
         if image.shape[-2:] == (self.size, self.size):
             return image
         return eval_resize(image, self.size)
+
+
+def stack_valid(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, int]:
+    """Collate training crops: stack the readable images and count the unreadable ones."""
+    images = [image for image, _ in batch if image is not None]
+    if not images:
+        return torch.zeros(0, dtype=torch.uint8), len(batch)
+    return torch.stack(images), len(batch) - len(images)
 
 
 def _stack_readable(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, Tensor]:

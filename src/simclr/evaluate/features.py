@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from simclr import distributed
 from simclr.checkpoint import (
     file_sha256,
     load_checkpoint,
@@ -93,18 +94,22 @@ def extract_features(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     num_workers: int = 2,
+    across_ranks: bool = False,
 ) -> Features:
     """Run ``encoder`` in eval mode over ``dataset`` with the evaluation preprocessing.
 
     The encoder is put in eval mode (batch norm uses its running statistics, as lightly PR #1840
-    found missing elsewhere) and restored to its previous mode afterwards.
+    found missing elsewhere) and restored to its previous mode afterwards. With
+    ``across_ranks`` every process of a distributed job embeds its share of the batches and all
+    of them receive the features of the whole dataset, in dataset order.
     """
+    shard = (distributed.rank(), distributed.world_size()) if across_ranks else (0, 1)
     was_training = encoder.training
     encoder.eval()
     features, labels, index = [], [], []
     try:
         for images, batch_labels, batch_index in eval_batches(
-            dataset, size=size, batch_size=batch_size, num_workers=num_workers
+            dataset, size=size, batch_size=batch_size, num_workers=num_workers, shard=shard
         ):
             x = images.to(device, non_blocking=True).float().div_(255)
             features.append(encoder(x).flatten(1).float().cpu())
@@ -112,9 +117,31 @@ def extract_features(
             index.append(batch_index)
     finally:
         encoder.train(was_training)
+    if shard[1] > 1:
+        return _gathered(features, labels, index)
     if not features:
         raise UserError("no readable images to extract features from")
     return Features(torch.cat(features), torch.cat(labels), torch.cat(index))
+
+
+def _gathered(features: list[Tensor], labels: list[Tensor], index: list[Tensor]) -> Features:
+    """Every rank's share of the features, concatenated and put back in dataset order."""
+    width = features[0].shape[1] if features else 0
+    width = int(distributed.agree_max([width])[0])  # a rank with no batch still knows D
+    local = Features(
+        torch.cat(features) if features else torch.zeros(0, width),
+        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
+        torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
+    )
+    every = Features(
+        distributed.all_gather_uneven(local.features),
+        distributed.all_gather_uneven(local.labels),
+        distributed.all_gather_uneven(local.index),
+    )
+    if len(every.index) == 0:
+        raise UserError("no readable images to extract features from")
+    order = every.index.argsort()
+    return Features(every.features[order], every.labels[order], every.index[order])
 
 
 def dataset_features(

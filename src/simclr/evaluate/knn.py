@@ -93,23 +93,24 @@ def evaluate_knn(
     cfg: EvalConfig,
     device: torch.device | str = "cpu",
     num_workers: int = 2,
+    across_ranks: bool = False,
 ) -> dict[str, Any]:
-    """Extract frozen features of both sets with ``encoder`` and score them with weighted kNN."""
-    train = extract_features(
-        encoder,
-        train_set,
-        size=size,
-        batch_size=cfg.batch_size,
-        device=device,
-        num_workers=num_workers,
-    )
-    test = extract_features(
-        encoder,
-        test_set,
-        size=size,
-        batch_size=cfg.batch_size,
-        device=device,
-        num_workers=num_workers,
+    """Extract frozen features of both sets with ``encoder`` and score them with weighted kNN.
+
+    With ``across_ranks`` the processes of a distributed job share the feature extraction (see
+    :func:`extract_features`); each then scores the same gathered features.
+    """
+    train, test = (
+        extract_features(
+            encoder,
+            data,
+            size=size,
+            batch_size=cfg.batch_size,
+            device=device,
+            num_workers=num_workers,
+            across_ranks=across_ranks,
+        )
+        for data in (train_set, test_set)
     )
     result = knn_accuracy(
         train.features,

@@ -110,6 +110,13 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective must live: CUDA for an NCCL-only group, else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def agree_max(values: Sequence[float]) -> list[float]:
     """The element-wise maximum of ``values`` over all ranks, so every rank takes one decision.
 
@@ -118,7 +125,7 @@ def agree_max(values: Sequence[float]) -> list[float]:
     """
     if world_size() == 1:
         return list(values)
-    tensor = torch.tensor(values, dtype=torch.float64)
+    tensor = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return [float(v) for v in tensor.tolist()]
 
@@ -127,7 +134,7 @@ def mean_over_ranks(value: float) -> float:
     """The mean of a per-rank number (such as the local loss) over all ranks."""
     if world_size() == 1:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64)
+    tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / world_size()
 
@@ -215,9 +222,10 @@ def all_gather_uneven(x: Tensor) -> Tensor:
     """
     if world_size() == 1:
         return x.detach()
-    counts = [int(c) for c in _gather(torch.tensor([len(x)], device=x.device))]
-    longest = max(counts)
-    padded = x.new_zeros((longest, *x.shape[1:]))
+    device = _collective_device()
+    counts = [int(c) for c in _gather(torch.tensor([len(x)], device=device))]
+    padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=device)
     padded[: len(x)] = x.detach()
     parts = _gather(padded)
-    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+    gathered = torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+    return gathered.to(x.device)

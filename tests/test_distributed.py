@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 
 from simclr import distributed
+from simclr.errors import UserError
 from simclr.losses import nt_xent
 from tests.gloo import run_on_gloo
 
@@ -37,6 +38,10 @@ def _model() -> nn.Module:
     return nn.Linear(IN_DIM, DIM).double()
 
 
+def _fail_on_main() -> None:
+    raise UserError("no such file")
+
+
 def _worker(rank: int, out_dir: Path) -> None:
     rows = slice(rank * N_PER_RANK, (rank + 1) * N_PER_RANK)
     z1_all, z2_all, x1_all, x2_all = _batch()
@@ -58,7 +63,13 @@ def _worker(rank: int, out_dir: Path) -> None:
     nt_xent(model(x1_all[rows]), model(x2_all[rows]), TEMPERATURE).backward()
 
     # Small agreements between ranks.
-    uneven = distributed.all_gather_uneven(torch.arange(rank + 1, dtype=torch.float64))
+    uneven = distributed.gather_uneven_to_main(torch.arange(rank + 1, dtype=torch.float64))
+    on_main = distributed.run_on_main(lambda: distributed.rank() + 10)
+    try:
+        distributed.run_on_main(_fail_on_main)
+        error = None
+    except UserError as err:
+        error = str(err)
     agreed = distributed.agree_max([float(rank), -float(rank)])
     mean = distributed.mean_over_ranks(float(rank))
     broadcast = distributed.broadcast_object({"from": rank})
@@ -66,6 +77,8 @@ def _worker(rank: int, out_dir: Path) -> None:
     torch.save(
         {
             "uneven": uneven,
+            "on_main": on_main,
+            "error": error,
             "agreed": agreed,
             "mean": mean,
             "broadcast": broadcast,
@@ -156,11 +169,13 @@ def test_all_gather_with_grad_concatenates_and_sums_gradients(results: list[dict
 
 
 def test_agreements_between_ranks(results: list[dict]) -> None:
+    # rank 0 holds [0], rank 1 holds [0, 1]: padded for the collective, trimmed after
+    expected = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(results[0]["uneven"], expected)
+    assert results[1]["uneven"] is None  # only rank 0 keeps the whole
     for res in results:
-        # rank 0 holds [0], rank 1 holds [0, 1]: padded for the collective, trimmed after
-        torch.testing.assert_close(
-            res["uneven"], torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
-        )
+        assert res["on_main"] == 10  # rank 0's result, on every rank
+        assert res["error"] == "no such file"  # rank 0's error, raised on every rank
         assert res["agreed"] == [1.0, 0.0]
         assert res["mean"] == 0.5
         assert res["broadcast"] == {"from": 0}
@@ -179,4 +194,7 @@ def test_helpers_without_a_process_group() -> None:
     assert distributed.agree_max([1.0, 2.0]) == [1.0, 2.0]
     assert distributed.mean_over_ranks(3.0) == 3.0
     assert distributed.broadcast_object("x") == "x"
-    assert distributed.all_gather_uneven(x).data_ptr() == x.data_ptr()
+    assert distributed.gather_uneven_to_main(x).data_ptr() == x.data_ptr()
+    assert distributed.run_on_main(lambda: 3) == 3
+    with pytest.raises(UserError, match="no such file"):
+        distributed.run_on_main(_fail_on_main)

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from simclr import losses
 from simclr.losses import NTXentLoss, nt_xent
 
 
@@ -88,6 +89,36 @@ def test_gradcheck() -> None:
     z1.requires_grad_()
     z2.requires_grad_()
     assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.5), (z1, z2))
+
+
+@pytest.mark.parametrize("block_elements", [1, 13, 24, 1 << 22])
+def test_blocks_of_rows_give_the_same_loss_and_gradients(block_elements, monkeypatch) -> None:
+    # 2N = 12 anchors x 12 candidates: blocks of 1 row, of 1 row again (13 // 12), of 2 rows, of all
+    monkeypatch.setattr(losses, "BLOCK_ELEMENTS", block_elements)
+    z1, z2 = _pair(seed=9)
+    a1, a2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    b1, b2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    loss = nt_xent(a1, a2, 0.3)
+    loss.backward()
+    expected = reference_nt_xent(b1, b2, 0.3)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(a1.grad, b1.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a2.grad, b2.grad, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a, b: nt_xent(a, b, 0.5),
+        (a1.detach().requires_grad_(), a2.detach().requires_grad_()),
+    )
+
+
+def test_backward_under_autocast_stays_float32() -> None:
+    z1, z2 = _pair(n=32, d=16, seed=10, dtype=torch.float32)
+    a1 = z1.clone().requires_grad_()
+    b1 = z1.clone().requires_grad_()
+    nt_xent(b1, z2, 0.1).backward()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nt_xent(a1, z2, 0.1).backward()
+    torch.testing.assert_close(a1.grad, b1.grad, rtol=1e-6, atol=1e-8)
 
 
 def test_stable_at_low_temperature() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from simclr.errors import UserError
+from simclr.errors import UserError, first_line
 
 SCHEMA = 1
 LATEST = "latest.pt"
@@ -46,8 +46,7 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any parse failure means "not a usable checkpoint"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        detail = f"{type(err).__name__}: {first_line(err)}"
         raise UserError(
             f"cannot read checkpoint {path}: not a complete torch checkpoint ({detail[:120]})"
         ) from None

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from simclr.errors import UserError
+from simclr.errors import UserError, first_line
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise UserError(f"cannot read config file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {_first_line(err)}") from None
+        raise UserError(f"config file {path} is not valid YAML: {first_line(err)}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -211,7 +211,7 @@ def build_config(*layers: dict[str, Any]) -> Config:
             merged = OmegaConf.merge(merged, OmegaConf.create(layer))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise UserError(f"invalid configuration: {_first_line(err)}") from None
+        raise UserError(f"invalid configuration: {first_line(err)}") from None
     assert isinstance(config, Config)
     validate(config)
     return config
@@ -290,7 +290,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -13,32 +13,39 @@ backward pass of :func:`all_gather_with_grad`, since it contains a collective to
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from simclr.errors import UserError
+
 __all__ = [
     "agree_max",
     "all_gather_no_grad",
-    "all_gather_uneven",
     "all_gather_with_grad",
+    "broadcast_buffers",
     "broadcast_object",
+    "gather_uneven_to_main",
     "is_initialized",
     "is_main",
     "local_rank",
     "mean_over_ranks",
+    "sum_over_ranks",
     "process_group_from_env",
     "rank",
+    "run_on_main",
     "world_size",
 ]
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=30)
-"""How long a rank waits for the others (rank 0 alone runs the end-of-run evaluation)."""
+"""How long a rank waits for the others (writing a large checkpoint on a slow disk included)."""
+
+T = TypeVar("T")
 
 
 def is_initialized() -> bool:
@@ -80,17 +87,19 @@ def process_group_from_env() -> Iterator[None]:
     if is_initialized() or "WORLD_SIZE" not in os.environ:
         yield
         return
-    use_cuda = torch.cuda.is_available()
+    use_cuda = torch.cuda.is_available() and local_rank() < torch.cuda.device_count()
     if use_cuda:
         torch.cuda.set_device(local_rank())
     backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
-    # torchrun keeps one key-value store across restarts: without a per-attempt prefix, the
-    # restarted processes can read the dead processes' addresses and fail to connect.
+    # torchrun keeps one key-value store across restarts: without a fresh prefix per start of
+    # the job, restarted processes can read the dead processes' addresses and fail to connect.
+    # The generation is counted in the store itself, so every machine agrees on it (a
+    # machine's own restart count does not grow when another machine's worker died).
     store, rank, world = next(dist.rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    generation = (store.add("simclr/arrivals", 1) - 1) // world
     dist.init_process_group(
         backend,
-        store=dist.PrefixStore(f"simclr/attempt{attempt}/", store),
+        store=dist.PrefixStore(f"simclr/generation{generation}/", store),
         rank=rank,
         world_size=world,
         timeout=COLLECTIVE_TIMEOUT,
@@ -108,6 +117,35 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """Call ``fn`` on rank 0 only and give its result, or its :class:`UserError`, to every rank.
+
+    For what only rank 0 may do (read a checkpoint, write the run folder): if it fails there
+    (:class:`UserError` or :class:`OSError`), every rank raises the same one-line
+    :class:`UserError` instead of waiting in the next collective.
+    """
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except UserError as err:
+            error = str(err)
+        except OSError as err:  # a folder that cannot be written, a disk that is full
+            error = f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise UserError(error)
+    return result  # type: ignore[no-any-return]
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank."""
+    if world_size() == 1:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def _collective_device() -> torch.device:
@@ -132,11 +170,16 @@ def agree_max(values: Sequence[float]) -> list[float]:
 
 def mean_over_ranks(value: float) -> float:
     """The mean of a per-rank number (such as the local loss) over all ranks."""
+    return sum_over_ranks(value) / world_size()
+
+
+def sum_over_ranks(value: float) -> float:
+    """The sum of a per-rank number (such as a count of skipped files) over all ranks."""
     if world_size() == 1:
         return value
     tensor = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return float(tensor.item()) / world_size()
+    return float(tensor.item())
 
 
 def _gather(x: Tensor) -> list[Tensor]:
@@ -209,16 +252,18 @@ def all_gather_no_grad(x: Tensor) -> Tensor:
         return torch.cat(_gather(x.detach()), dim=0)
 
 
-def all_gather_uneven(x: Tensor) -> Tensor:
-    """Like :func:`all_gather_no_grad`, but each rank may hold a different number of rows.
+def gather_uneven_to_main(x: Tensor) -> Tensor | None:
+    """Every rank's rows of ``x`` on rank 0 (``None`` elsewhere); the row counts may differ.
 
     Rows are padded to the longest rank's count for the collective and trimmed afterwards.
+    Only rank 0 holds the whole result, so K processes do not each keep K copies.
 
     Args:
         x: this rank's ``[n_r, ...]`` tensor (same trailing shape and dtype on every rank).
 
     Returns:
-        ``[sum_r n_r, ...]``, rank 0's rows first.
+        On rank 0, ``[sum_r n_r, ...]`` with rank 0's rows first; ``None`` on the other ranks.
+        Without a process group, ``x.detach()``.
     """
     if world_size() == 1:
         return x.detach()
@@ -226,6 +271,9 @@ def all_gather_uneven(x: Tensor) -> Tensor:
     counts = [int(c) for c in _gather(torch.tensor([len(x)], device=device))]
     padded = torch.zeros((max(counts), *x.shape[1:]), dtype=x.dtype, device=device)
     padded[: len(x)] = x.detach()
-    parts = _gather(padded)
+    parts = [torch.empty_like(padded) for _ in counts] if is_main() else None
+    dist.gather(padded, parts, dst=0)
+    if parts is None:
+        return None
     gathered = torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
     return gathered.to(x.device)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from simclr.config import to_dict
 from simclr.data.datasets import TensorImages, read_image
-from simclr.errors import UserError
+from simclr.errors import UserError, first_line
 from simclr.evaluate.features import Encoder, dataset_features, extract_features
 from simclr.models import create_backbone
 
@@ -335,8 +335,7 @@ def load_exported_encoder(out_dir: Path) -> nn.Module:
     try:
         backbone.load_state_dict(safetensors_torch.load_file(str(weights)))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise UserError(f"{weights} does not fit {arch}: {first}") from None
+        raise UserError(f"{weights} does not fit {arch}: {first_line(err)}") from None
     return backbone.eval()
 
 
@@ -433,8 +432,10 @@ def _to_onnx(module: nn.Module, example: Tensor, path: Path) -> dict[str, Any]:
             )
         exporter = "torch.onnx.export(dynamo=True)"
     except Exception as err:  # noqa: BLE001 - any capture failure: try the other exporter
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.warning("torch.export-based ONNX export failed (%s); using the legacy exporter", first)
+        log.warning(
+            "torch.export-based ONNX export failed (%s); using the legacy exporter",
+            first_line(err),
+        )
         with warnings.catch_warnings(), torch.no_grad():
             warnings.filterwarnings("ignore", category=DeprecationWarning)
             warnings.filterwarnings("ignore", category=FutureWarning)

@@ -14,10 +14,12 @@ anchors (the paper: "The final loss is computed across all positive pairs, both 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from simclr import distributed
 
@@ -97,16 +99,76 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) 
         m = k * n  # global batch size
         candidates = torch.cat([z1, z2], dim=0)  # (2M, D): view-1 block, then view-2 block
 
-        # Divide the (2N, D) anchors rather than the (2N, 2M) product: one big matrix only.
-        logits = (anchors / temperature) @ candidates.T  # (2N, 2M)
-
-        local = torch.arange(n, device=logits.device) + offset  # (N,) global row of each image
+        local = torch.arange(n, device=anchors.device) + offset  # (N,) global row of each image
         self_cols = torch.cat([local, local + m])  # (2N,) column of each anchor itself
         pos_cols = torch.cat([local + m, local])  # (2N,) column of each anchor's positive
-        rows = torch.arange(2 * n, device=logits.device)  # (2N,)
-        logits[rows, self_cols] = float("-inf")  # mask k == i in place (no second matrix)
+        # Divide the (2N, D) anchors rather than the (2N, 2M) product.
+        loss: Tensor = _BlockedContrastiveCrossEntropy.apply(
+            anchors / temperature, candidates, pos_cols, self_cols
+        )
+        return loss
 
-        return F.cross_entropy(logits, pos_cols)  # mean over the 2N local anchors
+
+BLOCK_ELEMENTS = 1 << 22
+"""Largest similarity block held at once (16 MiB of float32): rows per block = this / 2M."""
+
+
+class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``anchors @ candidates.T`` rows, self column masked, in row blocks.
+
+    Forward keeps only each row's log-sum-exp; backward recomputes each block of logits and
+    turns it into the gradient ``softmax - onehot(positive)`` in place. Peak memory is one
+    block of at most :data:`BLOCK_ELEMENTS` similarities instead of the (2N, 2M) matrix, its
+    log-softmax and its gradient that autograd would keep, and each block's exp/log passes
+    run while the block is in cache.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, anchors: Tensor, candidates: Tensor, pos_cols: Tensor, self_cols: Tensor
+    ) -> Tensor:
+        rows = anchors.shape[0]
+        lse = anchors.new_empty(rows)  # (2N,) log-sum-exp of each anchor's logits
+        positive = anchors.new_empty(rows)  # (2N,) each anchor's positive logit
+        for block in _row_blocks(rows, candidates.shape[0]):
+            logits = _masked_logits(anchors, candidates, self_cols, block)  # (R, 2M)
+            lse[block] = torch.logsumexp(logits, dim=1)
+            positive[block] = logits.gather(1, pos_cols[block, None]).squeeze(1)
+        ctx.save_for_backward(anchors, candidates, pos_cols, self_cols, lse)
+        return (lse - positive).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor, None, None]:
+        anchors, candidates, pos_cols, self_cols, lse = ctx.saved_tensors
+        rows = anchors.shape[0]
+        scale = grad_loss / rows
+        grad_anchors = torch.empty_like(anchors)
+        grad_candidates = torch.zeros_like(candidates)
+        with _autocast_off(anchors.device):  # a backward called under autocast stays float32
+            for block in _row_blocks(rows, candidates.shape[0]):
+                logits = _masked_logits(anchors, candidates, self_cols, block)  # (R, 2M)
+                probs = logits.sub_(lse[block, None]).exp_()  # softmax; exp(-inf) = 0 on self
+                local = torch.arange(len(probs), device=probs.device)
+                probs[local, pos_cols[block]] -= 1.0  # d(lse - positive) / d logits
+                probs.mul_(scale)
+                grad_anchors[block] = probs @ candidates  # (R, D)
+                grad_candidates.addmm_(probs.T, anchors[block])  # (2M, D)
+        return grad_anchors, grad_candidates, None, None
+
+
+def _row_blocks(rows: int, columns: int) -> list[slice]:
+    """Consecutive anchor rows, each block holding at most BLOCK_ELEMENTS logits."""
+    step = max(1, BLOCK_ELEMENTS // max(columns, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _masked_logits(anchors: Tensor, candidates: Tensor, self_cols: Tensor, block: slice) -> Tensor:
+    """Logits of the anchors in ``block`` against all candidates, each anchor's self at -inf."""
+    logits = anchors[block] @ candidates.T  # (R, 2M)
+    local = torch.arange(logits.shape[0], device=logits.device)
+    logits[local, self_cols[block]] = float("-inf")  # mask k == i: no value, no gradient
+    return logits
 
 
 class NTXentLoss(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from simclr.errors import UserError
@@ -49,3 +50,13 @@ def _cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed mixed from several integers (run seed, epoch, step, rank, ...).
+
+    Hashing (NumPy's ``SeedSequence``) instead of arithmetic: no overflow for large seeds, and
+    nearby tuples such as (seed, step + 1) and (seed + 1, step) get unrelated seeds.
+    """
+    entropy = [part % 2**64 for part in parts]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)

@@ -30,14 +30,14 @@ from simclr.config import Config, to_dict, to_yaml
 from simclr.data.datasets import ImageDataset, build_dataset, require_labels
 from simclr.data.loading import TrainData, open_train_data, train_batches
 from simclr.data.shards import ShardSet
-from simclr.errors import UserError
+from simclr.errors import UserError, first_line
 from simclr.evaluate.knn import evaluate_knn
 from simclr.losses import NTXentLoss
 from simclr.metrics import MetricsLog
 from simclr.models.batchnorm import use_global_batchnorm
 from simclr.models.simclr import SimCLR
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, warmup_steps_for
-from simclr.runtime import autocast_dtype, resolve_device, resolve_precision
+from simclr.runtime import autocast_dtype, derive_seed, resolve_device, resolve_precision
 
 log = logging.getLogger("simclr")
 
@@ -99,24 +99,37 @@ def pretrain(
         A summary: steps, epochs, seconds, last loss, skipped files and the kNN results.
     """
     tcfg = cfg.train
-    device = resolve_device(tcfg.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())  # LOCAL_RANK under torchrun
-    precision = resolve_precision(tcfg.precision, device)
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
+    device = resolve_device(tcfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", distributed.local_rank())  # one GPU per process
+    elif device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    precision = resolve_precision(tcfg.precision, device)
     checkpoint_path = run_dir / "checkpoints" / LATEST
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file, not a folder")
-    if checkpoint_path.exists() and not resume:
-        raise UserError(
-            f"{run_dir} already holds a run; continue it with --resume or choose another --out"
-        )
     if tcfg.batch_size % world:
         raise UserError(
             f"batch size {tcfg.batch_size} is not divisible by the {world} processes; "
             "train.batch_size is the global batch"
         )
+
+    def open_run_dir() -> dict[str, Any] | None:
+        """Check and create the run folder; the checkpoint to resume from, if any."""
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--out {run_dir} is a file, not a folder")
+        if checkpoint_path.exists() and not resume:
+            raise UserError(
+                f"{run_dir} already holds a run; continue it with --resume or choose another --out"
+            )
+        state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.exists() else None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        _write_environment(run_dir, device, precision)
+        return state
+
+    # Rank 0 decides and reads the checkpoint, then hands it to the others.
+    state = distributed.run_on_main(open_run_dir)
     torch.manual_seed(tcfg.seed)
     model = SimCLR.from_config(cfg.model).to(device)  # an unknown backbone fails before data loads
     if dataset is None:
@@ -127,20 +140,14 @@ def pretrain(
         )
     eval_sets = _eval_datasets(cfg, dataset)  # fail before training, not after
 
-    # Rank 0 reads the checkpoint and hands it to the others, so nodes need no shared disk.
-    found = main and resume and checkpoint_path.exists()
-    state = distributed.broadcast_object(load_checkpoint(checkpoint_path) if found else None)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        _write_environment(run_dir, device, precision)
-
     step, elapsed_before, saved_seconds_per_step = 0, 0.0, None
     if state is not None:
         try:
             model.load_state_dict(state["model"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"cannot resume {checkpoint_path} with this config: {err}") from None
+            raise UserError(
+                f"cannot resume {checkpoint_path} with this config: {first_line(err)}"
+            ) from None
         step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         saved_seconds_per_step = state.get("seconds_per_step")
     if world > 1 and tcfg.sync_batchnorm:
@@ -153,13 +160,16 @@ def pretrain(
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(f"cannot resume {checkpoint_path} with this config: {err}") from None
+            raise UserError(
+                f"cannot resume {checkpoint_path} with this config: {first_line(err)}"
+            ) from None
         scaler.load_state_dict(state["scaler"])
         log.info("resumed from %s at step %d", checkpoint_path, step)
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
         )
     views = SimCLRViews(cfg.augment, seed=tcfg.seed)
     criterion = NTXentLoss(tcfg.temperature)
@@ -177,7 +187,7 @@ def pretrain(
                 "scaler": scaler.state_dict(),
                 "step": step,
                 "epoch": step // budget.steps_per_epoch,
-                "elapsed_s": elapsed(),
+                "elapsed_s": clock,
                 "seconds_per_step": seconds_per_step,
                 "world_size": world,
                 "config": to_dict(cfg),
@@ -258,8 +268,8 @@ def pretrain(
 
                 if step - first_step == TIMING_WARMUP_STEPS:
                     timing_start = (step, time.perf_counter())
-                clock, agreed = distributed.agree_max(
-                    [elapsed(), measured_seconds_per_step() or -1.0]
+                clock, agreed, stopping = distributed.agree_max(
+                    [elapsed(), measured_seconds_per_step() or -1.0, float(stop.is_set())]
                 )
                 seconds_per_step = agreed if agreed > 0 else None
                 if step % tcfg.log_every == 0 or budget.done(step, clock):
@@ -287,14 +297,14 @@ def pretrain(
                     bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
                 if step % tcfg.checkpoint_every == 0:
                     checkpoint()
-                if stop.is_set():
-                    raise KeyboardInterrupt("SIGTERM")
+                if stopping:  # every rank stops after the same step
+                    raise KeyboardInterrupt("stop requested")
                 if budget.done(step, clock):
                     break
             if step == step_at_epoch_start:
                 raise UserError(f"no readable images in {cfg.data.path} (all files failed)")
         checkpoint()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM from a scheduler pre-empting the job
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a scheduler pre-empting the job)
         checkpoint()
         log.warning("interrupted: checkpoint saved at step %d; continue with --resume", step)
         raise
@@ -303,6 +313,7 @@ def pretrain(
         bar.close()
         if metrics is not None:
             metrics.close()
+    skipped_files = round(distributed.sum_over_ranks(skipped_files))
     if skipped_files:
         log.warning("skipped %d unreadable image file(s) during training", skipped_files)
 
@@ -316,6 +327,7 @@ def pretrain(
         "processes": world,
     }
     if eval_sets is not None:
+        distributed.broadcast_buffers(model)  # per-process batch norm: evaluate rank 0's model
         summary["knn"] = knn_with_baseline(model, cfg, *eval_sets, device=device)
         if main:
             summary["knn"]["checkpoint"] = {
@@ -364,7 +376,7 @@ def view_seed(seed: int, step: int, rank: int) -> int:
     Views are a pure function of these three, so a resumed run draws the views it would have
     drawn without the interruption, and no random state needs to be saved.
     """
-    return (seed * 1_000_003 + step) * 1_009 + rank
+    return derive_seed(seed, step, rank)
 
 
 def knn_with_baseline(
@@ -426,23 +438,34 @@ def _eval_datasets(cfg: Config, train_data: TrainData) -> tuple[ImageDataset, Im
 
 
 class _StopRequest:
-    """Set by SIGTERM (a scheduler pre-empting the job, torchrun stopping a failed group).
+    """A request to stop after the current step, from a signal.
 
-    The loop checks it between steps, so the checkpoint it then writes is never half a step.
+    SIGTERM (a scheduler pre-empting the job, torchrun stopping a failed group) or a first
+    Ctrl-C sets it; a second Ctrl-C interrupts at once. The loop checks it between steps
+    (agreed between ranks), so the checkpoint it then writes is never half a step.
     """
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._request)
+
+    def _request(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self._event.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the step to end
+        self._event.set()
+        log.warning("stopping after this step (signal %d); a checkpoint will be saved", signum)
 
     def is_set(self) -> bool:
+        """Whether a stop was requested."""
         return self._event.is_set()
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        """Put the previous signal handlers back."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _write_environment(run_dir: Path, device: torch.device, precision: str) -> None:

@@ -29,6 +29,7 @@ from simclr.data.datasets import (
     stack_valid,
 )
 from simclr.data.shards import ShardSet, is_shard_index, open_shards, shard_batches
+from simclr.runtime import derive_seed
 
 TrainData = ImageDataset | ShardSet
 """What the training loop reads: a dataset with random access, or a stream of shards."""
@@ -71,7 +72,7 @@ def epoch_batches(
     """
     if batch_size % world_size:
         raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, epoch))
     order = torch.randperm(num_items, generator=generator)
     full = num_items // batch_size
     local = batch_size // world_size
@@ -131,7 +132,7 @@ def train_batches(
         num_workers=num_workers,
         collate_fn=stack_valid,
         pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed((seed * 100_003 + epoch) * 1_009 + rank),
+        generator=torch.Generator().manual_seed(derive_seed(seed, epoch, rank)),
         persistent_workers=False,
     )
     yield from loader

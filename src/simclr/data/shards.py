@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader
 from simclr.augment.loader import TwoCrops
 from simclr.config import AugmentConfig
 from simclr.data.datasets import FileImages, read_image, stack_valid
-from simclr.errors import UserError
+from simclr.errors import UserError, first_line
+from simclr.runtime import derive_seed
 
 log = logging.getLogger("simclr")
 
@@ -82,8 +83,9 @@ def open_shards(spec: str) -> ShardSet:
         names, num_samples = list(index["shards"]), int(index["num_samples"])
         classes = [str(name) for name in index.get("classes", [])]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read the shard index {index_location}: {first}") from None
+        raise UserError(
+            f"cannot read the shard index {index_location}: {first_line(err)}"
+        ) from None
     if not names or num_samples < 1:
         raise UserError(f"the shard index {index_location} lists no samples")
     base = index_location.rsplit("/", 1)[0] if "/" in index_location else "."
@@ -163,7 +165,7 @@ def shard_batches(
     seeded with ``start`` too (streams cannot seek: the remaining samples differ from those an
     uninterrupted run would have read).
     """
-    stream_seed = (seed * 100_003 + epoch) * 1_009 + start
+    stream_seed = derive_seed(seed, epoch, start)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(
             shards.urls,
@@ -172,6 +174,7 @@ def shard_batches(
             deterministic=True,
         ),
         wds.tarfile_to_samples(handler=wds.warn_and_continue),
+        # the same buffer seed everywhere is harmless: each worker shuffles different shards
         wds.shuffle(SHUFFLE_BUFFER, initial=SHUFFLE_BUFFER // 4, seed=stream_seed),
         wds.map(_DecodeTwoCrops(augment)),
         wds.batched(batch_size, collation_fn=stack_valid, partial=False),
@@ -181,7 +184,7 @@ def shard_batches(
         batch_size=None,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        generator=torch.Generator().manual_seed(stream_seed * 1_009 + rank),
+        generator=torch.Generator().manual_seed(derive_seed(stream_seed, rank)),
     )
     yield from itertools.islice(loader, max(0, steps - start))
 

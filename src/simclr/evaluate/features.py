@@ -94,16 +94,54 @@ def extract_features(
     batch_size: int = 512,
     device: torch.device | str = "cpu",
     num_workers: int = 2,
-    across_ranks: bool = False,
 ) -> Features:
     """Run ``encoder`` in eval mode over ``dataset`` with the evaluation preprocessing.
 
     The encoder is put in eval mode (batch norm uses its running statistics, as lightly PR #1840
-    found missing elsewhere) and restored to its previous mode afterwards. With
-    ``across_ranks`` every process of a distributed job embeds its share of the batches and all
-    of them receive the features of the whole dataset, in dataset order.
+    found missing elsewhere) and restored to its previous mode afterwards.
     """
-    shard = (distributed.rank(), distributed.world_size()) if across_ranks else (0, 1)
+    local = _extract_share(encoder, dataset, size, batch_size, device, num_workers, (0, 1))
+    if len(local.index) == 0:
+        raise UserError("no readable images to extract features from")
+    return local
+
+
+def extract_features_across_ranks(
+    encoder: nn.Module,
+    dataset: ImageDataset,
+    *,
+    size: int,
+    batch_size: int = 512,
+    device: torch.device | str = "cpu",
+    num_workers: int = 2,
+) -> Features | None:
+    """:func:`extract_features` shared by the processes of a distributed job.
+
+    Every process embeds every K-th batch; rank 0 receives the features of the whole dataset in
+    dataset order (possibly empty), the other ranks ``None``.
+    """
+    shard = (distributed.rank(), distributed.world_size())
+    local = _extract_share(encoder, dataset, size, batch_size, device, num_workers, shard)
+    features = distributed.gather_uneven_to_main(local.features)
+    labels = distributed.gather_uneven_to_main(local.labels)
+    index = distributed.gather_uneven_to_main(local.index)
+    if features is None or labels is None or index is None:
+        return None
+    order = index.argsort()
+    return Features(features[order], labels[order], index[order])
+
+
+@torch.no_grad()
+def _extract_share(
+    encoder: nn.Module,
+    dataset: ImageDataset,
+    size: int,
+    batch_size: int,
+    device: torch.device | str,
+    num_workers: int,
+    shard: tuple[int, int],
+) -> Features:
+    """Features of every ``shard[1]``-th batch from batch ``shard[0]`` on (possibly none)."""
     was_training = encoder.training
     encoder.eval()
     features, labels, index = [], [], []
@@ -115,33 +153,14 @@ def extract_features(
             features.append(encoder(x).flatten(1).float().cpu())
             labels.append(batch_labels)
             index.append(batch_index)
+        if not features:  # a rank without a batch still sends a [0, D] block
+            blank = torch.zeros(1, 3, size, size, device=device)
+            features.append(encoder(blank).flatten(1).float().cpu()[:0])
+            labels.append(torch.zeros(0, dtype=torch.long))
+            index.append(torch.zeros(0, dtype=torch.long))
     finally:
         encoder.train(was_training)
-    if shard[1] > 1:
-        return _gathered(features, labels, index)
-    if not features:
-        raise UserError("no readable images to extract features from")
     return Features(torch.cat(features), torch.cat(labels), torch.cat(index))
-
-
-def _gathered(features: list[Tensor], labels: list[Tensor], index: list[Tensor]) -> Features:
-    """Every rank's share of the features, concatenated and put back in dataset order."""
-    width = features[0].shape[1] if features else 0
-    width = int(distributed.agree_max([width])[0])  # a rank with no batch still knows D
-    local = Features(
-        torch.cat(features) if features else torch.zeros(0, width),
-        torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long),
-        torch.cat(index) if index else torch.zeros(0, dtype=torch.long),
-    )
-    every = Features(
-        distributed.all_gather_uneven(local.features),
-        distributed.all_gather_uneven(local.labels),
-        distributed.all_gather_uneven(local.index),
-    )
-    if len(every.index) == 0:
-        raise UserError("no readable images to extract features from")
-    order = every.index.argsort()
-    return Features(every.features[order], every.labels[order], every.index[order])
 
 
 def dataset_features(

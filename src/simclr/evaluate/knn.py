@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclr import distributed
 from simclr.config import EvalConfig
 from simclr.data.datasets import ImageDataset
+from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
-from simclr.evaluate.features import extract_features
+from simclr.evaluate.features import extract_features, extract_features_across_ranks
 
 
 def knn_predict(
@@ -98,27 +100,34 @@ def evaluate_knn(
     """Extract frozen features of both sets with ``encoder`` and score them with weighted kNN.
 
     With ``across_ranks`` the processes of a distributed job share the feature extraction (see
-    :func:`extract_features`); each then scores the same gathered features.
+    :func:`extract_features_across_ranks`); rank 0 scores and every rank gets the result.
     """
+    extract = extract_features_across_ranks if across_ranks else extract_features
     train, test = (
-        extract_features(
+        extract(
             encoder,
             data,
             size=size,
             batch_size=cfg.batch_size,
             device=device,
             num_workers=num_workers,
-            across_ranks=across_ranks,
         )
         for data in (train_set, test_set)
     )
-    result = knn_accuracy(
-        train.features,
-        train.labels,
-        test.features,
-        test.labels,
-        k=cfg.k,
-        temperature=cfg.temperature,
-    )
-    result["protocol"]["preprocessing"] = f"resize to {size} px (centre crop 0.875 when larger)"
-    return result
+
+    def score() -> dict[str, Any]:
+        assert train is not None and test is not None  # rank 0 holds the gathered features
+        if len(train.index) == 0 or len(test.index) == 0:
+            raise UserError("no readable images to extract features from")
+        result = knn_accuracy(
+            train.features,
+            train.labels,
+            test.features,
+            test.labels,
+            k=cfg.k,
+            temperature=cfg.temperature,
+        )
+        result["protocol"]["preprocessing"] = f"resize to {size} px (centre crop 0.875 when larger)"
+        return result
+
+    return distributed.run_on_main(score)

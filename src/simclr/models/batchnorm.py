@@ -42,6 +42,7 @@ class GlobalBatchNorm(_BatchNorm):
     """
 
     def _check_input_dim(self, input: Tensor) -> None:
+        """Any ``[B, C, ...]`` input: this one layer serves the backbone and the head."""
         if input.dim() < 2:
             raise ValueError(f"expected an input of at least 2 dimensions (got {input.dim()})")
 
@@ -74,6 +75,7 @@ class GlobalBatchNorm(_BatchNorm):
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, m2: Tensor, total: Tensor) -> None:
+        """Move the running statistics towards the global ones (unbiased variance, as torch)."""
         assert self.running_mean is not None and self.running_var is not None
         assert self.num_batches_tracked is not None
         self.num_batches_tracked.add_(1)

@@ -28,7 +28,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -189,9 +188,15 @@ def _forward_backward(loss_fn: nn.Module, z1: Tensor, z2: Tensor) -> Tensor:
 
 
 def loss_peak_memory(impl: str, n: int, device: torch.device) -> int:
-    """Peak bytes one forward+backward adds over its inputs (CUDA allocator or process RSS)."""
+    """Peak bytes of tensors alive during one forward+backward, beyond its inputs.
+
+    CUDA: the caching allocator's peak. CPU: the allocation and free events that torch's
+    profiler records, replayed in time order (process RSS would mostly show the allocator).
+    """
     z1, z2 = _loss_inputs(n, device)
     loss_fn = _loss_module(impl)
+    _forward_backward(loss_fn, z1, z2)  # warm-up: one-time buffers are not the loss's
+    z1.grad = z2.grad = None
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -199,19 +204,16 @@ def loss_peak_memory(impl: str, n: int, device: torch.device) -> int:
         _forward_backward(loss_fn, z1, z2)
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - base)
-    # Linux: writing 5 to clear_refs resets the peak resident size (VmHWM) to the current one,
-    # so the peak below is this call's, not the imports'.
-    Path("/proc/self/clear_refs").write_text("5")
-    base = _status_bytes("VmRSS")
-    _forward_backward(loss_fn, z1, z2)
-    return _status_bytes("VmHWM") - base
-
-
-def _status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        _forward_backward(loss_fn, z1, z2)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    alive = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        alive += event.nbytes()
+        peak = max(peak, alive)
+    return peak
 
 
 def part_loss(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -226,18 +228,8 @@ def part_loss(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         }
         medians = interleaved(variants, args.repeats, device)
         row: dict[str, Any] = {f"{impl}_s": round(medians[impl], 5) for impl in impls}
-        for impl in impls:  # a fresh process each, so one peak does not hide the other
-            probe = [
-                sys.executable,
-                __file__,
-                "--probe-loss",
-                impl,
-                str(n),
-                "--device",
-                str(device),
-            ]
-            out = subprocess.run(probe, capture_output=True, text=True, check=True).stdout
-            row[f"{impl}_peak_mb"] = round(int(out.strip().splitlines()[-1]) / 2**20, 1)
+        for impl in impls:
+            row[f"{impl}_peak_mb"] = round(loss_peak_memory(impl, n, device) / 2**20, 2)
         if LIGHTLY:
             ours = _forward_backward(_loss_module("simclr"), z1, z2)
             grad = z1.grad.clone()  # type: ignore[union-attr]
@@ -486,12 +478,8 @@ def main() -> None:
     )
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache/cifar10")
     parser.add_argument("--out", type=Path, help="JSON file to write")
-    parser.add_argument("--probe-loss", nargs=2, metavar=("IMPL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
-    if args.probe_loss:
-        print(loss_peak_memory(args.probe_loss[0], int(args.probe_loss[1]), device))
-        return
 
     report: dict[str, Any] = {
         "benchmark": "suite",

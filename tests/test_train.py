@@ -276,3 +276,12 @@ def test_unlabelled_eval_data_fails_before_training(tmp_path, image_folder):
     with pytest.raises(UserError, match="no labels"):
         pretrain(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_saves_plain_keys(image_folder, tmp_path):
+    cfg = tiny_config(image_folder, max_steps=3, compile=True)
+    pretrain(cfg, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run")
+    assert state["step"] == 3
+    assert not any(key.startswith("_orig_mod") for key in state["model"])

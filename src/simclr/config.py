@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from simclr.errors import UserError, first_line
@@ -122,6 +122,9 @@ class TrainConfig:
     precision: str = "auto"
     """``auto`` (bf16 autocast on CUDA with bf16 support, fp32 elsewhere), ``bf16``, ``fp16``,
     ``fp32``."""
+    compile: bool = False
+    """Run the model through ``torch.compile``. Off by default: on the CPU benchmarked it gave
+    no gain for a 55 s compile (docs/benchmarks.md); try it on GPUs."""
     sync_batchnorm: bool = True
     """Under DDP, normalise with the statistics of the global batch (the paper's global BN);
     no effect in a single process."""
@@ -205,7 +208,7 @@ def parse_assignment(text: str) -> dict[str, Any]:
 def build_config(*layers: dict[str, Any]) -> Config:
     """Merge override layers (first to last) onto the defaults and validate the result."""
     merged = OmegaConf.structured(Config)
-    OmegaConf.set_readonly(merged, False)
+    _unlock(merged)
     try:
         for layer in layers:
             merged = OmegaConf.merge(merged, OmegaConf.create(layer))
@@ -215,6 +218,19 @@ def build_config(*layers: dict[str, Any]) -> Config:
     assert isinstance(config, Config)
     validate(config)
     return config
+
+
+def _unlock(node: DictConfig) -> None:
+    """Make a structured config from frozen dataclasses mergeable.
+
+    OmegaConf 2.3 marks every section read-only itself (2.4 only the root), so the flag is
+    cleared section by section.
+    """
+    OmegaConf.set_readonly(node, False)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _unlock(child)
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -97,14 +97,14 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) 
         else:
             offset = 0
         m = k * n  # global batch size
-        candidates = torch.cat([z1, z2], dim=0)  # (2M, D): view-1 block, then view-2 block
+        # (2M, D): view-1 block, then view-2 block; in one process, the anchors themselves
+        candidates = torch.cat([z1, z2], dim=0) if k > 1 else anchors
 
         local = torch.arange(n, device=anchors.device) + offset  # (N,) global row of each image
         self_cols = torch.cat([local, local + m])  # (2N,) column of each anchor itself
         pos_cols = torch.cat([local + m, local])  # (2N,) column of each anchor's positive
-        # Divide the (2N, D) anchors rather than the (2N, 2M) product.
         loss: Tensor = _BlockedContrastiveCrossEntropy.apply(
-            anchors / temperature, candidates, pos_cols, self_cols
+            anchors, candidates, pos_cols, self_cols, 1.0 / temperature
         )
         return loss
 
@@ -114,47 +114,71 @@ BLOCK_ELEMENTS = 1 << 22
 
 
 class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``anchors @ candidates.T`` rows, self column masked, in row blocks.
+    """Mean cross-entropy of the rows of ``scale * anchors @ candidates.T``, self masked.
 
-    Forward keeps only each row's log-sum-exp; backward recomputes each block of logits and
-    turns it into the gradient ``softmax - onehot(positive)`` in place. Peak memory is one
-    block of at most :data:`BLOCK_ELEMENTS` similarities instead of the (2N, 2M) matrix, its
-    log-softmax and its gradient that autograd would keep, and each block's exp/log passes
-    run while the block is in cache.
+    With P the row softmax of the logits and e_pos the one-hot of each anchor's positive, the
+    gradient of the logits is ``(P - e_pos) / rows``, so the input gradients are
+    ``P @ candidates - candidates[pos]`` and ``P.T @ anchors`` less the anchors added back at
+    their positives' rows: no (2N, 2M) gradient matrix is ever formed.
+
+    When the whole (2N, 2M) matrix fits in :data:`BLOCK_ELEMENTS`, its softmax, computed in
+    place over the logits, is kept for the backward pass (one matrix in all). Larger batches
+    are processed in row blocks of at most that size: the forward pass keeps only each row's
+    log-sum-exp, and the backward pass recomputes each block's softmax from it. Peak memory is
+    then one block, and the exp passes run while the block is in cache.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, anchors: Tensor, candidates: Tensor, pos_cols: Tensor, self_cols: Tensor
+        ctx: Any,
+        anchors: Tensor,
+        candidates: Tensor,
+        pos_cols: Tensor,
+        self_cols: Tensor,
+        scale: float,
     ) -> Tensor:
         rows = anchors.shape[0]
         lse = anchors.new_empty(rows)  # (2N,) log-sum-exp of each anchor's logits
         positive = anchors.new_empty(rows)  # (2N,) each anchor's positive logit
-        for block in _row_blocks(rows, candidates.shape[0]):
-            logits = _masked_logits(anchors, candidates, self_cols, block)  # (R, 2M)
-            lse[block] = torch.logsumexp(logits, dim=1)
+        blocks = _row_blocks(rows, candidates.shape[0])
+        for block in blocks:
+            logits = _masked_logits(anchors, candidates, self_cols, scale, block)  # (R, 2M)
             positive[block] = logits.gather(1, pos_cols[block, None]).squeeze(1)
-        ctx.save_for_backward(anchors, candidates, pos_cols, self_cols, lse)
+            lse[block] = _softmax_(logits)  # the logits become the softmax P
+        kept = logits if len(blocks) == 1 else anchors.new_empty(0)
+        ctx.save_for_backward(anchors, candidates, pos_cols, self_cols, lse, kept)
+        ctx.scale = scale
         return (lse - positive).mean()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor, None, None]:
-        anchors, candidates, pos_cols, self_cols, lse = ctx.saved_tensors
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+        anchors, candidates, pos_cols, self_cols, lse, kept = ctx.saved_tensors
         rows = anchors.shape[0]
-        scale = grad_loss / rows
         grad_anchors = torch.empty_like(anchors)
         grad_candidates = torch.zeros_like(candidates)
         with _autocast_off(anchors.device):  # a backward called under autocast stays float32
             for block in _row_blocks(rows, candidates.shape[0]):
-                logits = _masked_logits(anchors, candidates, self_cols, block)  # (R, 2M)
-                probs = logits.sub_(lse[block, None]).exp_()  # softmax; exp(-inf) = 0 on self
-                local = torch.arange(len(probs), device=probs.device)
-                probs[local, pos_cols[block]] -= 1.0  # d(lse - positive) / d logits
-                probs.mul_(scale)
-                grad_anchors[block] = probs @ candidates  # (R, D)
+                if kept.numel():
+                    probs = kept
+                else:  # recompute this block's softmax from the saved log-sum-exp
+                    probs = _masked_logits(anchors, candidates, self_cols, ctx.scale, block)
+                    probs.sub_(lse[block, None]).exp_()  # exp(-inf) = 0 on the self column
+                positives = pos_cols[block]
+                torch.mm(probs, candidates, out=grad_anchors[block])  # (R, D)
+                grad_anchors[block] -= candidates[positives]
                 grad_candidates.addmm_(probs.T, anchors[block])  # (2M, D)
-        return grad_anchors, grad_candidates, None, None
+                grad_candidates.index_add_(0, positives, anchors[block], alpha=-1.0)
+        factor = grad_loss * ctx.scale / rows  # d loss / d logits carries 1 / rows; logits, 1/t
+        return grad_anchors.mul_(factor), grad_candidates.mul_(factor), None, None, None
+
+
+def _softmax_(logits: Tensor) -> Tensor:
+    """Turn each row of ``logits`` into its softmax, in place; return the rows' log-sum-exp."""
+    peak = logits.amax(dim=1, keepdim=True)  # (R, 1): exp never overflows
+    total = logits.sub_(peak).exp_().sum(dim=1, keepdim=True)  # (R, 1)
+    logits.div_(total)
+    return (peak + total.log()).squeeze(1)
 
 
 def _row_blocks(rows: int, columns: int) -> list[slice]:
@@ -163,9 +187,13 @@ def _row_blocks(rows: int, columns: int) -> list[slice]:
     return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
 
 
-def _masked_logits(anchors: Tensor, candidates: Tensor, self_cols: Tensor, block: slice) -> Tensor:
-    """Logits of the anchors in ``block`` against all candidates, each anchor's self at -inf."""
-    logits = anchors[block] @ candidates.T  # (R, 2M)
+def _masked_logits(
+    anchors: Tensor, candidates: Tensor, self_cols: Tensor, scale: float, block: slice
+) -> Tensor:
+    """``scale`` x similarities of the anchors in ``block`` to all candidates; self at -inf."""
+    logits = torch.addmm(  # alpha folds 1/t into the product: no (2N, D) copy, no extra pass
+        anchors.new_zeros(()), anchors[block], candidates.T, beta=0.0, alpha=scale
+    )  # (R, 2M)
     local = torch.arange(logits.shape[0], device=logits.device)
     logits[local, self_cols[block]] = float("-inf")  # mask k == i: no value, no gradient
     return logits

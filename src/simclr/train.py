@@ -171,6 +171,8 @@ def pretrain(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
         )
+    if tcfg.compile:
+        train_model.compile()  # in place: `model` and its checkpoint keys stay as they are
     views = SimCLRViews(cfg.augment, seed=tcfg.seed)
     criterion = NTXentLoss(tcfg.temperature)
     peak_lr = scaled_lr(cfg.optim.lr, tcfg.batch_size, cfg.optim.lr_scaling)

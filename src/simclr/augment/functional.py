@@ -30,10 +30,6 @@ def _per_sample(values: Tensor, images: Tensor) -> Tensor:
     return values.to(device=images.device, dtype=images.dtype).view(-1, 1, 1, 1)
 
 
-def _as_mask(mask: Tensor, images: Tensor) -> Tensor:
-    return mask.to(device=images.device, dtype=torch.bool).view(-1, 1, 1, 1)
-
-
 def _check_rgb(images: Tensor, name: str) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} needs RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
@@ -99,6 +95,11 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> 
     )
 
 
+def _selected(mask: Tensor, images: Tensor) -> Tensor:
+    """Indices of the samples selected by a ``[B]`` bool mask, on the images' device."""
+    return mask.to(device=images.device, dtype=torch.bool).nonzero().squeeze(1)
+
+
 def hflip(images: Tensor, mask: Tensor) -> Tensor:
     """Mirror the samples selected by ``mask`` left-right.
 
@@ -107,7 +108,15 @@ def hflip(images: Tensor, mask: Tensor) -> Tensor:
         - mask: ``[B]`` bool
         - output: ``[B, C, H, W]``
     """
-    return torch.where(_as_mask(mask, images), images.flip(-1), images)
+    return hflip_(images.clone(), mask)
+
+
+def hflip_(images: Tensor, mask: Tensor) -> Tensor:
+    """:func:`hflip` in place: only the selected samples are read and written."""
+    index = _selected(mask, images)
+    if index.numel() > 0:
+        images.index_copy_(0, index, images.index_select(0, index).flip(-1))
+    return images
 
 
 def rgb_to_gray(images: Tensor) -> Tensor:
@@ -133,8 +142,17 @@ def grayscale(images: Tensor, mask: Tensor) -> Tensor:
         - mask: ``[B]`` bool
         - output: ``[B, 3, H, W]``
     """
+    return grayscale_(images.clone(), mask)
+
+
+def grayscale_(images: Tensor, mask: Tensor) -> Tensor:
+    """:func:`grayscale` in place: only the selected samples are read and written."""
     _check_rgb(images, "grayscale")
-    return torch.where(_as_mask(mask, images), rgb_to_gray(images).expand_as(images), images)
+    index = _selected(mask, images)
+    if index.numel() > 0:
+        chosen = images.index_select(0, index)
+        images.index_copy_(0, index, rgb_to_gray(chosen).expand_as(chosen))
+    return images
 
 
 def _blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
@@ -249,9 +267,18 @@ def color_jitter(
         - images: ``[B, 3, H, W]``
         - output: ``[B, 3, H, W]``
     """
+    return color_jitter_(images.clone(), params, active)
+
+
+def color_jitter_(
+    images: Tensor,
+    params: ViewParams,
+    active: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> Tensor:
+    """:func:`color_jitter` in place: each step reads and writes only the samples it changes."""
     _check_rgb(images, "color_jitter")
     if images.shape[0] == 0:
-        return images.clone()
+        return images
     device, dtype = images.device, images.dtype
     apply = params.jitter.to(device)
     order = params.jitter_order.to(device)
@@ -264,22 +291,23 @@ def color_jitter(
         if any(active[:3]):
             blend_op = op.clamp(BRIGHTNESS, SATURATION)
             is_blend = (op >= 0) & (op < HUE) & blend_active[blend_op]
-            factor = factors.gather(1, blend_op[:, None]).squeeze(1)
-            factor = torch.where(is_blend, factor, torch.ones_like(factor))
-            rest = 1 - factor  # weight of the blend target; 0 when unchanged
-            gray_coef = torch.where(op == SATURATION, rest, torch.zeros_like(rest))
-            mean_coef = torch.where(op == CONTRAST, rest, torch.zeros_like(rest))
-            gray = rgb_to_gray(x)
-            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-            out = x * factor.view(-1, 1, 1, 1)
-            out.addcmul_(gray, gray_coef.view(-1, 1, 1, 1))
-            out.add_(mean * mean_coef.view(-1, 1, 1, 1))
-            x = out.clamp_(0, 1)
+            index = is_blend.nonzero().squeeze(1)
+            if index.numel() > 0:
+                step_op = op[index]
+                factor = factors[index].gather(1, blend_op[index, None]).view(-1, 1, 1, 1)
+                rest = 1 - factor  # weight of the blend target
+                gray_coef = torch.where(step_op.view(-1, 1, 1, 1) == SATURATION, rest, 0.0)
+                mean_coef = torch.where(step_op.view(-1, 1, 1, 1) == CONTRAST, rest, 0.0)
+                chosen = x.index_select(0, index)
+                gray = rgb_to_gray(chosen)
+                mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+                chosen.mul_(factor).addcmul_(gray, gray_coef).add_(mean * mean_coef)
+                x.index_copy_(0, index, chosen.clamp_(0, 1))
         if active[HUE]:
             index = (op == HUE).nonzero().squeeze(1)
             if index.numel() > 0:
                 shifted = adjust_hue(x.index_select(0, index), params.hue.to(device)[index])
-                x = x.index_copy(0, index, shifted)
+                x.index_copy_(0, index, shifted)
     return x
 
 
@@ -333,6 +361,24 @@ def gaussian_blur(
         - mask: ``[B]`` bool
         - output: ``[B, C, H, W]``
     """
+    _check_blur_kernel(images, kernel_size)
+    if mask is None:
+        return _blur_all(images, sigma, kernel_size) if images.shape[0] else images.clone()
+    return gaussian_blur_(images.clone(), sigma, kernel_size, mask)
+
+
+def gaussian_blur_(images: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor) -> Tensor:
+    """:func:`gaussian_blur` of the samples selected by ``mask``, written back in place."""
+    _check_blur_kernel(images, kernel_size)
+    index = _selected(mask, images)
+    if index.numel() > 0:
+        sub_sigma = sigma.to(images.device)[index]
+        blurred = _blur_all(images.index_select(0, index), sub_sigma, kernel_size)
+        images.index_copy_(0, index, blurred)
+    return images
+
+
+def _check_blur_kernel(images: Tensor, kernel_size: int) -> None:
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd and positive, got {kernel_size}")
     if kernel_size // 2 >= min(images.shape[-2:], default=0) and images.numel() > 0:
@@ -340,16 +386,6 @@ def gaussian_blur(
             f"kernel_size {kernel_size} too large for reflect padding of "
             f"{images.shape[-2]}x{images.shape[-1]} images"
         )
-    if images.shape[0] == 0:
-        return images.clone()
-    if mask is None:
-        return _blur_all(images, sigma, kernel_size)
-    index = mask.to(images.device).nonzero().squeeze(1)
-    if index.numel() == 0:
-        return images
-    sub_sigma = sigma.to(images.device)[index]
-    blurred = _blur_all(images.index_select(0, index), sub_sigma, kernel_size)
-    return images.index_copy(0, index, blurred)
 
 
 def blur_kernel_size(size: int, fraction: float) -> int:

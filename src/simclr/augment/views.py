@@ -162,11 +162,11 @@ class SimCLRViews(nn.Module):
             x = x.expand(-1, 3, -1, -1).contiguous()
         elif x.shape[1] != 3:
             raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
-        x = self.augment_colors(x, params)
+        x = self._augment_colors_(x, params)
         return x[:n], x[n:]
 
     def augment_colors(self, x: Tensor, params: ViewParams) -> Tensor:
-        """Every stage after the crop: flip, colour jitter, grayscale, blur.
+        """Every stage after the crop: flip, colour jitter, grayscale, blur (``x`` is kept).
 
         Stages with probability 0 are skipped without touching the pixels.
 
@@ -174,24 +174,28 @@ class SimCLRViews(nn.Module):
             - x: ``[N, 3, S, S]`` float in [0, 1]
             - output: ``[N, 3, S, S]``
         """
+        return self._augment_colors_(x.clone(), params)
+
+    def _augment_colors_(self, x: Tensor, params: ViewParams) -> Tensor:
+        """:meth:`augment_colors` in place, on a buffer this module owns."""
         cfg = self.cfg
         if cfg.flip_p > 0:
-            x = AF.hflip(x, params.flip)
+            AF.hflip_(x, params.flip)
         if cfg.jitter_p > 0 and any(self._jitter_ops):
-            x = AF.color_jitter(x, params, self._jitter_ops)
+            AF.color_jitter_(x, params, self._jitter_ops)
         if cfg.grayscale_p > 0:
-            x = AF.grayscale(x, params.grayscale)
+            AF.grayscale_(x, params.grayscale)
         if cfg.blur_p > 0:
-            x = AF.gaussian_blur(x, params.sigma, self.blur_kernel, params.blur)
+            AF.gaussian_blur_(x, params.sigma, self.blur_kernel, params.blur)
         return x
 
 
 def _to_float(images: Tensor) -> Tensor:
-    """uint8 [0, 255] -> float32 [0, 1]; float input is taken as already in [0, 1]."""
+    """A new float32 [0, 1] buffer: uint8 [0, 255] scaled, float input taken as in [0, 1]."""
     if images.dtype == torch.uint8:
         return images.to(torch.float32).div_(255)
     if images.is_floating_point():
-        return images.to(torch.float32)
+        return images.to(torch.float32, copy=True)
     raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
 
 

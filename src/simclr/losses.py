@@ -85,20 +85,21 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) 
     n = z1.shape[0]
     dtype = torch.promote_types(z1.dtype, torch.float32)  # float32, or float64 for doubles
     with _autocast_off(z1.device):
-        z1 = F.normalize(z1.to(dtype), dim=1)  # (N, D)
-        z2 = F.normalize(z2.to(dtype), dim=1)  # (N, D)
-        anchors = torch.cat([z1, z2], dim=0)  # (2N, D), this rank's anchors
+        anchors = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)  # (2N, D), this rank's
 
         k = distributed.world_size() if gather else 1
-        if k > 1:
-            offset = distributed.rank() * n  # where this rank's rows start in each view block
-            z1 = distributed.all_gather_with_grad(z1)  # (KN, D)
-            z2 = distributed.all_gather_with_grad(z2)  # (KN, D)
-        else:
-            offset = 0
+        offset = distributed.rank() * n if k > 1 else 0  # this rank's rows in each view block
         m = k * n  # global batch size
-        # (2M, D): view-1 block, then view-2 block; in one process, the anchors themselves
-        candidates = torch.cat([z1, z2], dim=0) if k > 1 else anchors
+        # (2M, D): every rank's view-1 block, then every rank's view-2 block; in one process,
+        # the anchors themselves
+        candidates = anchors
+        if k > 1:
+            candidates = torch.cat(
+                [
+                    distributed.all_gather_with_grad(anchors[:n]),  # (M, D)
+                    distributed.all_gather_with_grad(anchors[n:]),  # (M, D)
+                ]
+            )
 
         local = torch.arange(n, device=anchors.device) + offset  # (N,) global row of each image
         self_cols = torch.cat([local, local + m])  # (2N,) column of each anchor itself

@@ -85,7 +85,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) 
     n = z1.shape[0]
     dtype = torch.promote_types(z1.dtype, torch.float32)  # float32, or float64 for doubles
     with _autocast_off(z1.device):
-        anchors = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)  # (2N, D), this rank's
+        # normalised per view: autograd then keeps the caller's z1 and z2, not a new copy
+        anchors = torch.cat([F.normalize(z.to(dtype), dim=1) for z in (z1, z2)])  # (2N, D)
 
         k = distributed.world_size() if gather else 1
         offset = distributed.rank() * n if k > 1 else 0  # this rank's rows in each view block

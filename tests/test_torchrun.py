@@ -153,3 +153,69 @@ def test_torchrun_on_shards_made_from_cifar10_jpegs(cifar10_test_jpegs, tmp_path
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
     assert records[-1]["epoch"] == pytest.approx(5 / (10_000 // 32))
+
+
+def test_restart_across_two_nodes_after_one_nodes_worker_dies(image_folder, tmp_path, config_file):
+    # Two torchrun agents on this machine play two nodes. Only node 1's agent counts a restart
+    # when its worker dies (node 0 restarts for the membership change), so the process group
+    # must not be keyed by the local restart count.
+    from tests.gloo import free_port
+
+    run = tmp_path / "run"
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc_per_node",
+                "1",
+                "--node_rank",
+                str(node),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "two-nodes",
+                "--max-restarts",
+                "1",
+                "-m",
+                "simclr",
+                "pretrain",
+                "--config",
+                str(config_file),
+                "--data",
+                str(image_folder),
+                "--out",
+                str(run),
+                "--resume",
+                "--max-steps",
+                "200",
+                "--epochs",
+                "1000",
+                "--checkpoint-every",
+                "5",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        for node in (0, 1)
+    ]
+    checkpoint = run / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "no checkpoint was written"
+    victim = _worker_pids(nodes[1].pid).get(0)
+    assert victim is not None, "node 1's worker not found"
+    os.kill(victim, signal.SIGKILL)
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, err[-3000:]
+    assert load_checkpoint(run)["step"] == 200

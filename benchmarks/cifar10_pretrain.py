@@ -41,13 +41,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--archive, --cache (where the CIFAR-10 JPEGs come from) and --recipe."""
     parser.add_argument(
         "--archive", type=Path, default=ROOT.parent / "shared/data/cifar10-jpeg.tar.gz"
     )
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache/cifar10")
     parser.add_argument("--recipe", default="cpu-small")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_arguments(parser)
     parser.add_argument("--max-time", type=float, default=900)
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs/bench-cifar10")
     parser.add_argument(

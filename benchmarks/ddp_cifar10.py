@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from cifar10_pretrain import ROOT, cpu_model, extract
+from cifar10_pretrain import ROOT, add_data_arguments, cpu_model, extract
 
 
 def run(command: list[str], run_dir: Path, env: dict[str, str]) -> dict[str, object]:
@@ -47,11 +47,7 @@ def run(command: list[str], run_dir: Path, env: dict[str, str]) -> dict[str, obj
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--archive", type=Path, default=ROOT.parent / "shared/data/cifar10-jpeg.tar.gz"
-    )
-    parser.add_argument("--cache", type=Path, default=ROOT / ".cache/cifar10")
-    parser.add_argument("--recipe", default="cpu-small")
+    add_data_arguments(parser)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--runs", type=Path, default=ROOT / "runs/bench-ddp")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ddp-cifar10.json")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from cifar10_pretrain import ROOT, cpu_model, extract
+from cifar10_pretrain import add_data_arguments, cpu_model, extract
 from torch import Tensor, nn
 
 from simclr.augment.loader import TwoCrops
@@ -469,14 +469,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--recipe", default="cpu-small", help="network and views of the step")
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=60, help="steps of the pretraining parts")
-    parser.add_argument(
-        "--archive", type=Path, default=ROOT.parent / "shared/data/cifar10-jpeg.tar.gz"
-    )
-    parser.add_argument("--cache", type=Path, default=ROOT / ".cache/cifar10")
+    add_data_arguments(parser)  # --archive, --cache, --recipe (network and views of the step)
     parser.add_argument("--out", type=Path, help="JSON file to write")
     args = parser.parse_args()
     device = torch.device(args.device)

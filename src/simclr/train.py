@@ -142,12 +142,7 @@ def pretrain(
 
     step, elapsed_before, saved_seconds_per_step = 0, 0.0, None
     if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(
-                f"cannot resume {checkpoint_path} with this config: {first_line(err)}"
-            ) from None
+        _restore(model, state, "model", checkpoint_path)
         step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         saved_seconds_per_step = state.get("seconds_per_step")
     if world > 1 and tcfg.sync_batchnorm:
@@ -157,12 +152,7 @@ def pretrain(
     optimizer = build_optimizer(model, cfg.optim, tcfg.batch_size)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise UserError(
-                f"cannot resume {checkpoint_path} with this config: {first_line(err)}"
-            ) from None
+        _restore(optimizer, state, "optimizer", checkpoint_path)
         scaler.load_state_dict(state["scaler"])
         log.info("resumed from %s at step %d", checkpoint_path, step)
     train_model: nn.Module = model
@@ -437,6 +427,14 @@ def _eval_datasets(cfg: Config, train_data: TrainData) -> tuple[ImageDataset, Im
         reference = train_data
     require_labels(reference, test, "kNN")
     return reference, test
+
+
+def _restore(target: Any, state: dict[str, Any], key: str, path: Path) -> None:
+    """Load ``state[key]`` into a model or optimizer; a mismatch is the user's config."""
+    try:
+        target.load_state_dict(state[key])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise UserError(f"cannot resume {path} with this config: {first_line(err)}") from None
 
 
 class _StopRequest:

@@ -44,3 +44,20 @@ def test_file_datasets_yield_two_crops_per_image(tmp_path):
     bad = data.names.index(str(root / "class_1" / "bad.jpg"))
     assert bad not in index.tolist()  # the unreadable file is dropped, the rest stay aligned
     assert torch.equal(labels, data.labels[index])
+
+
+def test_processes_split_each_global_batch_of_the_one_process_order():
+    whole = epoch_batches(20, 8, seed=4, epoch=1)
+    parts = [epoch_batches(20, 8, seed=4, epoch=1, rank=r, world_size=2) for r in range(2)]
+    for step, batch in enumerate(whole):
+        assert [len(p[step]) for p in parts] == [4, 4]
+        assert torch.equal(torch.cat([parts[0][step], parts[1][step]]), batch)
+
+
+def test_eval_shards_cover_every_item_once(image_folder):
+    data = build_dataset(str(image_folder), size=16)  # 24 images, in memory
+    shards = [
+        torch.cat([i for _, _, i in eval_batches(data, size=16, batch_size=5, shard=(r, 3))])
+        for r in range(3)
+    ]
+    assert sorted(torch.cat(shards).tolist()) == list(range(len(data)))

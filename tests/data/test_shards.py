@@ -130,6 +130,13 @@ def test_train_batches_split_the_global_batch_between_processes(shards, tmp_path
         train_batches(data, AUGMENT, batch_size=8, seed=0, epoch=0, num_workers=0, world_size=2)
     )
     assert len(batches) == 24 // 8 and all(len(c) == 4 for c, _ in batches)
+    # the other process streams other shards and crops
+    other = list(
+        train_batches(
+            data, AUGMENT, batch_size=8, seed=0, epoch=0, num_workers=0, rank=1, world_size=2
+        )
+    )
+    assert not torch.equal(torch.cat([c for c, _ in batches]), torch.cat([c for c, _ in other]))
 
 
 def test_shards_over_http(shards, tmp_path):

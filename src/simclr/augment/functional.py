@@ -128,7 +128,8 @@ def rgb_to_gray(images: Tensor) -> Tensor:
     """
     r, g, b = images.unbind(dim=1)
     wr, wg, wb = GRAY_WEIGHTS
-    return (r * wr + g * wg + b * wb).unsqueeze(1)
+    gray = r * wr  # then fused multiply-adds in place: three passes, one new tensor
+    return gray.add_(g, alpha=wg).add_(b, alpha=wb).unsqueeze(1)
 
 
 def grayscale(images: Tensor, mask: Tensor) -> Tensor:
@@ -222,17 +223,19 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     max_c = torch.maximum(torch.maximum(r, g), b)
     min_c = torch.minimum(torch.minimum(r, g), b)
     chroma = max_c - min_c  # = v * s
-    # Hue in sextants, up to a multiple of 6: (g - b) / c, (b - r) / c + 2 or (r - g) / c + 4.
-    # A gray pixel has c = 0 and a zero numerator, so the clamped division gives hue 0.
-    hue = torch.where(
-        max_c == r,
-        g - b,
-        torch.where(max_c == g, (b - r).add_(chroma, alpha=2), (r - g).add_(chroma, alpha=4)),
-    )
+    # Hue in sextants, up to a multiple of 6: (g - b) / c, (b - r) / c + 2 or (r - g) / c + 4,
+    # red winning ties, then green. The choice is made with exact 0/1 weights,
+    # 1 + sign(channel - max), and lerp (exact at 0 and 1): on the CPU, comparisons and
+    # torch.where cost 5-10x a float operation. A gray pixel has c = 0 and a zero numerator,
+    # so the clamped division gives hue 0.
+    is_red, is_green = ((channel - max_c).sign_().add_(1) for channel in (r, g))
+    hue = torch.lerp((r - g).add_(chroma, alpha=4), (b - r).add_(chroma, alpha=2), is_green)
+    hue = torch.lerp(hue, g - b, is_red)
     hue.div_(chroma.clamp_min(torch.finfo(images.dtype).tiny))
     hue.add_(_per_sample(shift, images).squeeze(1), alpha=6)
     n = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(hue.unsqueeze(1) + n, 6)
+    k = hue.unsqueeze(1) + n
+    k -= 6 * torch.floor(k / 6)  # k mod 6, cheaper than torch.remainder on the CPU
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
     return ramp.mul_(chroma.unsqueeze(1)).neg_().add_(max_c.unsqueeze(1)).clamp_(0, 1)
 

@@ -237,7 +237,8 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     k = hue.unsqueeze(1) + n
     k -= 6 * torch.floor(k / 6)  # k mod 6, cheaper than torch.remainder on the CPU
     ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
-    return ramp.mul_(chroma.unsqueeze(1)).neg_().add_(max_c.unsqueeze(1)).clamp_(0, 1)
+    rgb = torch.addcmul(max_c.unsqueeze(1), ramp, chroma.unsqueeze(1), value=-1)
+    return rgb.clamp_(0, 1)
 
 
 def color_jitter(

@@ -188,3 +188,12 @@ def test_module_calls_the_function() -> None:
     assert "temperature=0.2" in repr(module)
     torch.testing.assert_close(module(z1, z2), nt_xent(z1, z2, 0.2))
     assert NTXentLoss().temperature == 0.5
+
+
+def test_double_backward_is_refused_rather_than_wrong() -> None:
+    z1, z2 = _pair(seed=11)
+    z1.requires_grad_()
+    (grad,) = torch.autograd.grad(nt_xent(z1, z2, 0.5), z1)  # first order: fine
+    assert torch.isfinite(grad).all()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(nt_xent(z1, z2, 0.5), z1, create_graph=True)

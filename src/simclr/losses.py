@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from simclr import distributed
 
@@ -153,8 +152,12 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
         return (lse - positive).mean()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+        if torch.is_grad_enabled():  # create_graph=True: the result would miss 2nd-order terms
+            raise RuntimeError(
+                "nt_xent does not support double backward (create_graph=True): its backward "
+                "is written by hand for memory"
+            )
         anchors, candidates, pos_cols, self_cols, lse, kept = ctx.saved_tensors
         rows = anchors.shape[0]
         grad_anchors = torch.empty_like(anchors)

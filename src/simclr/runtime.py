@@ -58,5 +58,8 @@ def derive_seed(*parts: int) -> int:
     Hashing (NumPy's ``SeedSequence``) instead of arithmetic: no overflow for large seeds, and
     nearby tuples such as (seed, step + 1) and (seed + 1, step) get unrelated seeds.
     """
-    entropy = [part % 2**64 for part in parts]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+    words = [len(parts)]  # the count first: (s, e) and (s, e, 0) must differ
+    for part in parts:
+        value = part % 2**64
+        words += [value & 0xFFFFFFFF, value >> 32]  # fixed width: no two tuples share words
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)

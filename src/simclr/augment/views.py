@@ -147,7 +147,7 @@ class SimCLRViews(nn.Module):
         elif images.ndim == 4:
             n, _, height, width = images.shape
             params = self.sample_params(2 * n, height, width, images.device)
-            source = _to_float(images)
+            source = _to_float(images, copy=False)  # the crops below write new buffers
             x = torch.cat(
                 [
                     AF.resized_crop(source, params.boxes[:n], size),
@@ -190,12 +190,15 @@ class SimCLRViews(nn.Module):
         return x
 
 
-def _to_float(images: Tensor) -> Tensor:
-    """A new float32 [0, 1] buffer: uint8 [0, 255] scaled, float input taken as in [0, 1]."""
+def _to_float(images: Tensor, *, copy: bool = True) -> Tensor:
+    """float32 in [0, 1]: uint8 [0, 255] scaled, float input taken as in [0, 1].
+
+    With ``copy`` the result is always a new buffer (the colour stages then work in place).
+    """
     if images.dtype == torch.uint8:
         return images.to(torch.float32).div_(255)
     if images.is_floating_point():
-        return images.to(torch.float32, copy=True)
+        return images.to(torch.float32, copy=copy)
     raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
 
 

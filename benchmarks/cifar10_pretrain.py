@@ -50,6 +50,19 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default="cpu-small")
 
 
+def pretrain_arguments(recipe: str, data: Path) -> list[str]:
+    """`simclr pretrain` on the extracted CIFAR-10 train split, with kNN on its test split."""
+    return [
+        "pretrain",
+        "--recipe",
+        recipe,
+        "--data",
+        str(data / "train"),
+        "--eval-data",
+        str(data / "test"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser)
@@ -64,13 +77,7 @@ def main() -> None:
     data = extract(args.archive, args.cache)
     command = [
         str(Path(sys.executable).with_name("simclr")),
-        "pretrain",
-        "--recipe",
-        args.recipe,
-        "--data",
-        str(data / "train"),
-        "--eval-data",
-        str(data / "test"),
+        *pretrain_arguments(args.recipe, data),
         "--max-time",
         str(args.max_time),
         "--out",

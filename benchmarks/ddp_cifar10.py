@@ -20,7 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from cifar10_pretrain import ROOT, add_data_arguments, cpu_model, extract
+from cifar10_pretrain import (
+    ROOT,
+    add_data_arguments,
+    cpu_model,
+    extract,
+    pretrain_arguments,
+)
 
 
 def run(command: list[str], run_dir: Path, env: dict[str, str]) -> dict[str, object]:
@@ -55,13 +61,7 @@ def main() -> None:
 
     data = extract(args.archive, args.cache)
     common = [
-        "pretrain",
-        "--recipe",
-        args.recipe,
-        "--data",
-        str(data / "train"),
-        "--eval-data",
-        str(data / "test"),
+        *pretrain_arguments(args.recipe, data),
         "--max-steps",
         str(args.steps),
         "--set",

@@ -161,9 +161,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         # Rank 0 names the run folder and reads the checkpoint's config; the others follow it.
         if not distributed.is_main():
             logging.getLogger("simclr").setLevel(logging.WARNING)
-        run_dir, base = distributed.broadcast_object(
-            _run_dir_and_config(args) if distributed.is_main() else None
-        )
+        run_dir, base = distributed.run_on_main(lambda: _run_dir_and_config(args))
         cfg = _resolve_config(args, base)
         if args.print_config:
             if distributed.is_main():

@@ -24,8 +24,10 @@ class SimCLRViews(nn.Module):
 
     Randomness comes only from this module's own :class:`torch.Generator`, created on the
     input's device at the first call and seeded from ``seed``: the same seed gives the same
-    views, and :meth:`get_rng_state` / :meth:`set_rng_state` let a checkpoint resume the
-    exact sequence of views.
+    views. :meth:`manual_seed` restarts the stream (the training loop reseeds it at every step
+    from (seed, step, rank), so its checkpoints need no random state);
+    :meth:`get_rng_state` / :meth:`set_rng_state` let a loop of your own checkpoint the stream
+    instead.
 
     Args:
         cfg: The recipe (probabilities, ranges, output size).

@@ -59,6 +59,7 @@ def _with_in_memory(encoder, mode):
         encoder.model,
         dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, in_memory=mode)),
         encoder.info,
+        encoder.fitted,
     )
 
 

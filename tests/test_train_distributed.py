@@ -121,7 +121,11 @@ def test_pretrain_in_two_processes_writes_one_run_and_gathers_knn_features(tmp_p
     encoder = load_encoder(run)
     data = build_dataset(str(folder), split="train", size=16)
     again = evaluate_knn(
-        encoder.model.backbone, data, data, size=16, cfg=encoder.config.eval, num_workers=0
+        encoder.model.backbone,
+        data,
+        data,
+        modality=encoder.modality(num_workers=0),
+        cfg=encoder.config.eval,
     )
     assert again["top1"] == knn["trained"]["top1"]
     assert again["protocol"]["num_train"] == len(data) == knn["trained"]["protocol"]["num_train"]

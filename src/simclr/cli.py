@@ -60,8 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(command=None)
     commands = parser.add_subparsers(title="commands", parser_class=_Parser)
 
-    pre = commands.add_parser("pretrain", help="pretrain an encoder on unlabelled images")
-    pre.add_argument("--data", help="image folder, CIFAR root, .npy/.npz file or 'digits'")
+    pre = commands.add_parser("pretrain", help="pretrain an encoder on unlabelled data")
+    pre.add_argument(
+        "--data",
+        help="image folder, CIFAR root, .npy/.npz file, 'digits', shards; audio folder; "
+        "aeon:NAME, .ts or array of series; text CSV/JSONL/TXT; table CSV/Parquet or sklearn:NAME",
+    )
+    pre.add_argument(
+        "--modality",
+        choices=("image", "audio", "timeseries", "text", "tabular"),
+        help="kind of data (default: detected from --data); a modality other than image "
+        "starts from its recipe <modality>-small unless --recipe is given",
+    )
     pre.add_argument("--out", type=Path, help="run folder (default: runs/<timestamp>)")
     _add_config_flags(pre)
     pre.add_argument("--eval-data", help="labelled test data: run kNN at the end")
@@ -131,6 +141,8 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
     layers: list[dict[str, Any]] = [base] if base else []
     if args.recipe:
         layers.append(recipe_overrides(args.recipe))
+    elif base is None:
+        layers.append(_modality_recipe(args))
     if args.config:
         layers.append(read_yaml(args.config))
     flags: dict[str, Any] = {}
@@ -141,6 +153,8 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
             flags.setdefault(section, {})[name] = value
     if args.data is not None:
         flags.setdefault("data", {})["path"] = args.data
+    if args.modality is not None:
+        flags.setdefault("data", {})["modality"] = args.modality
     if args.eval_data is not None:
         flags.setdefault("eval", {})["data"] = args.eval_data
     if args.eval_train_data is not None:
@@ -148,6 +162,28 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
     layers.append(flags)
     layers += [parse_assignment(text) for text in args.overrides]
     return build_config(*layers)
+
+
+def _modality_recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe ``<modality>-small`` when the data is not images and no recipe was named.
+
+    The modality is ``--modality``, or detected from ``--data`` (``--set data.path=...`` and a
+    ``--config`` file are read too, so every way of naming the data gets the same defaults).
+    """
+    from simclr.config import build_config, parse_assignment, read_yaml, recipe_overrides
+    from simclr.modalities import resolve_modality
+
+    layers = [read_yaml(args.config)] if args.config else []
+    layers += [parse_assignment(text) for text in args.overrides]
+    partial = build_config(*layers)
+    data = {"modality": args.modality or partial.data.modality, "path": args.data}
+    if data["path"] is None:
+        data["path"] = partial.data.path
+    if data["modality"] == "auto":
+        data["modality"] = resolve_modality(build_config({"data": data})).data.modality
+    if data["modality"] == "image":
+        return {}
+    return recipe_overrides(f"{data['modality']}-small")
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from simclr.errors import UserError
 
 if TYPE_CHECKING:
-    from simclr.data.datasets import ImageDataset
+    from simclr.data.items import Items
     from simclr.evaluate.features import Features
 
 
@@ -76,9 +76,16 @@ def add_commands(commands: Any) -> None:
     export = _checkpoint_command(commands, "export", "encoder as safetensors, TorchScript, ONNX")
     export.set_defaults(run=run_export)
 
-    views = commands.add_parser("views", help="picture: a grid of augmented view pairs")
-    views.add_argument("--data", required=True, help="images to show")
-    views.add_argument("--recipe", default="cpu-small", help="recipe whose views to draw")
+    views = commands.add_parser("views", help="picture: augmented view pairs (text: a listing)")
+    views.add_argument("--data", required=True, help="data to show (any modality)")
+    views.add_argument(
+        "--recipe", help="recipe whose views to draw (default: cpu-small, or <modality>-small)"
+    )
+    views.add_argument(
+        "--modality",
+        choices=("image", "audio", "timeseries", "text", "tabular"),
+        help="kind of data (default: detected from --data)",
+    )
     views.add_argument(
         "--set",
         dest="overrides",
@@ -89,7 +96,7 @@ def add_commands(commands: Any) -> None:
     )
     views.add_argument("--num-images", type=positive_int, default=8)
     views.add_argument("--seed", type=int, default=0)
-    views.add_argument("--out", type=Path, default=Path("views.png"))
+    views.add_argument("--out", type=Path, default=Path("views.png"), help="PNG (text: .txt)")
     views.set_defaults(run=run_views, command="views")
 
     plot = commands.add_parser("plot", help="picture: loss, lr and kNN curves of a run")
@@ -149,10 +156,11 @@ class _Context:
         self.config = self.encoder.config
         self.device = resolve_device(args.device or self.config.train.device)
         self.workers = self.config.data.num_workers if args.workers is None else args.workers
+        self.modality = self.encoder.modality(self.workers)
 
     def features(
         self, spec: str, split: str, *, layer: str = "backbone", labelled: bool = True
-    ) -> tuple[Features, ImageDataset, dict[str, Any]]:
+    ) -> tuple[Features, Items, dict[str, Any]]:
         """Cached frozen features of ``spec``; labels required unless ``labelled`` is False."""
         from simclr.evaluate.features import dataset_features
 
@@ -326,20 +334,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_views(args: argparse.Namespace) -> int:
-    """``simclr views``: draw augmented view pairs of some images."""
+    """``simclr views``: draw augmented view pairs of some items (a listing for text)."""
     from simclr.config import build_config, parse_assignment, recipe_overrides
-    from simclr.data.datasets import build_dataset
-    from simclr.viz import draw_views
+    from simclr.modalities import modality_for, resolve_modality
 
+    data = {"path": args.data, "modality": args.modality or "auto"}
     overrides = [parse_assignment(text) for text in args.overrides]
-    cfg = build_config(recipe_overrides(args.recipe), *overrides)
-    dataset = build_dataset(
-        args.data,
-        size=cfg.augment.size,
-        in_memory=cfg.data.in_memory,
-        num_workers=cfg.data.num_workers,
-    )
-    print(draw_views(dataset, cfg.augment, args.out, num_images=args.num_images, seed=args.seed))
+    modality_name = resolve_modality(build_config({"data": data}, *overrides)).data.modality
+    recipe = args.recipe or ("cpu-small" if modality_name == "image" else f"{modality_name}-small")
+    cfg = build_config(recipe_overrides(recipe), {"data": data}, *overrides)
+    modality = modality_for(cfg)
+    dataset, _ = modality.open(args.data, split="train")
+    print(modality.draw_views(dataset, args.out, num_items=args.num_images, seed=args.seed))
     return 0
 
 
@@ -374,6 +380,11 @@ def run_map(args: argparse.Namespace) -> int:
 def _labelled_dataset(ctx: _Context, spec: str, split: str) -> Any:
     from simclr.data.datasets import build_dataset
 
+    if ctx.modality.name != "image":
+        raise UserError(
+            f"this protocol trains with image crops; for a {ctx.modality.name} checkpoint use "
+            "knn, linear (logistic) or cluster"
+        )
     dataset = build_dataset(
         spec,
         split=split,

@@ -34,6 +34,14 @@ class DataConfig:
     ``always`` / ``never`` force it."""
     num_workers: int = 2
     """Loader processes that decode and crop files (unused for in-memory data)."""
+    modality: str = "auto"
+    """``image``, ``audio``, ``timeseries``, ``text`` or ``tabular``; ``auto`` detects it from
+    ``path`` where that is unambiguous (see :mod:`simclr.modalities`)."""
+    test_fraction: float = 0.2
+    """Data that comes as one collection (a CSV, a table, an array) is split into ``train`` and
+    ``test`` with this fraction held out ..."""
+    split_seed: int = 0
+    """... by a permutation drawn with this seed, the same for every command."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,184 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class AudioConfig:
+    """Speech and sound: reading, batched waveform and spectrogram views, log-mel features."""
+
+    sample_rate: int = 16000
+    """Every file is resampled to this rate (Hz)."""
+    max_seconds: float = 30.0
+    """Longer files are cut to their first ``max_seconds`` when read (clips are kept in memory
+    as one tensor padded to the longest)."""
+    crop_seconds: float = 1.0
+    """Length of each view (a random crop; shorter clips are zero-padded) and of the evaluation
+    input (the centre of the clip)."""
+    n_mels: int = 64
+    window_ms: float = 25.0
+    hop_ms: float = 10.0
+    gain_db: tuple[float, float] = (-6.0, 6.0)
+    noise_p: float = 0.8
+    noise_snr_db: tuple[float, float] = (5.0, 40.0)
+    shift_fraction: float = 0.1
+    """Largest circular time shift, as a fraction of the crop."""
+    time_masks: int = 2
+    time_mask_fraction: float = 0.1
+    """Widest time mask, as a fraction of the frames."""
+    freq_masks: int = 2
+    freq_mask_fraction: float = 0.15
+    """Widest frequency mask, as a fraction of the mel bands."""
+
+    def problems(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs that must hold."""
+        return [
+            (self.sample_rate >= 1000, "audio.sample_rate must be at least 1000 Hz"),
+            (self.crop_seconds > 0, "audio.crop_seconds must be > 0"),
+            (self.max_seconds > 0, "audio.max_seconds must be > 0"),
+            (self.n_mels >= 4, "audio.n_mels must be at least 4"),
+            (0 < self.hop_ms <= self.window_ms, "audio.hop_ms must be in (0, window_ms]"),
+            (0 <= self.noise_p <= 1, "audio.noise_p must be a probability"),
+            (self.gain_db[0] <= self.gain_db[1], "audio.gain_db must be lo <= hi"),
+            (self.noise_snr_db[0] <= self.noise_snr_db[1], "audio.noise_snr_db must be lo <= hi"),
+            (0 <= self.shift_fraction <= 1, "audio.shift_fraction must be in [0, 1]"),
+            (min(self.time_masks, self.freq_masks) >= 0, "audio masks must be >= 0"),
+            (0 <= self.time_mask_fraction <= 1, "audio.time_mask_fraction must be in [0, 1]"),
+            (0 <= self.freq_mask_fraction <= 1, "audio.freq_mask_fraction must be in [0, 1]"),
+        ]
+
+
+@dataclass(frozen=True)
+class TimeSeriesConfig:
+    """Univariate and multivariate series: resampling, normalisation and the view recipe."""
+
+    length: int | None = None
+    """Every series (its valid part) is resampled to this many steps; ``None``: the longest
+    training series, at most ``max_length``."""
+    max_length: int | None = None
+    """Cap of the length fitted when ``length`` is ``None`` (long series cost time)."""
+    normalize: str = "series"
+    """``series``: z-normalise each channel of each series (the UCR convention); ``dataset``:
+    standardise each channel with its mean and standard deviation over the training set (keeps
+    the level of each channel, which carries the class in data such as JapaneseVowels);
+    ``none``."""
+    jitter_sigma: float = 0.03
+    """Standard deviation of the additive noise (the views are z-normalised first)."""
+    scaling_sigma: float = 0.1
+    """Each channel is multiplied by a factor drawn from N(1, scaling_sigma)."""
+    magnitude_warp_sigma: float = 0.2
+    """... and by a smooth curve through knots drawn from N(1, magnitude_warp_sigma)."""
+    time_warp_sigma: float = 0.2
+    """Time runs at a smooth speed through knots drawn from N(1, time_warp_sigma)."""
+    warp_knots: int = 4
+    """Inner knots of the warping curves (two more sit at the ends)."""
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    """Window crop: fraction of the series kept, resampled back to ``length``."""
+    permute_p: float = 0.5
+    """Probability of cutting a view into 2 to ``permute_max_segments`` segments and
+    concatenating them in a random order."""
+    permute_max_segments: int = 5
+
+    def problems(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs that must hold."""
+        return [
+            (self.length is None or self.length >= 4, "timeseries.length must be at least 4"),
+            (
+                self.max_length is None or self.max_length >= 4,
+                "timeseries.max_length must be at least 4",
+            ),
+            (
+                self.normalize in ("series", "dataset", "none"),
+                "timeseries.normalize: series|dataset|none",
+            ),
+            (
+                min(self.jitter_sigma, self.scaling_sigma, self.magnitude_warp_sigma) >= 0,
+                "timeseries sigmas must be >= 0",
+            ),
+            (self.time_warp_sigma >= 0, "timeseries.time_warp_sigma must be >= 0"),
+            (self.warp_knots >= 1, "timeseries.warp_knots must be at least 1"),
+            (
+                0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+                "timeseries.crop_scale must be 0 < lo <= hi <= 1",
+            ),
+            (0 <= self.permute_p <= 1, "timeseries.permute_p must be a probability"),
+            (self.permute_max_segments >= 1, "timeseries.permute_max_segments must be >= 1"),
+        ]
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Text corpora: columns, tokenizer, token-level views and the Transformer's size."""
+
+    text_columns: tuple[str, ...] = ()
+    """CSV/JSONL fields joined into the text; empty: every string field but the label."""
+    label_column: str | None = None
+    """Field holding the class; ``None``: ``label`` when present (else unlabelled)."""
+    lowercase: bool = True
+    """Lower-case (and NFKC-normalise) the text before tokenising: a small corpus then spends
+    its vocabulary on words rather than on capitalised variants of them."""
+    vocab_size: int = 8000
+    """Byte-level BPE vocabulary trained on the training corpus (it may come out smaller: the
+    merges stop when no pair occurs twice)."""
+    max_length: int = 128
+    """Tokens kept per item (the start of the text)."""
+    dim: int = 256
+    layers: int = 4
+    heads: int = 4
+    dropout: float = 0.1
+    """Encoder dropout: SimCSE's noise, different in the two views because each is its own
+    forward pass through the network in train mode."""
+    word_dropout: float = 0.1
+    span_deletion: float = 0.1
+    """Largest fraction of the tokens removed as one contiguous span."""
+    shuffle_window: int = 3
+    """Tokens move at most this far in the local shuffle (0: no shuffle)."""
+
+    def problems(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs that must hold."""
+        return [
+            (self.vocab_size >= 300, "text.vocab_size must be at least 300 (256 bytes + specials)"),
+            (self.max_length >= 4, "text.max_length must be at least 4"),
+            (self.dim >= 8 and self.dim % self.heads == 0, "text.dim must be a multiple of heads"),
+            (self.layers >= 1 and self.heads >= 1, "text.layers and text.heads must be >= 1"),
+            (0 <= self.dropout < 1, "text.dropout must be in [0, 1)"),
+            (0 <= self.word_dropout < 1, "text.word_dropout must be in [0, 1)"),
+            (0 <= self.span_deletion < 1, "text.span_deletion must be in [0, 1)"),
+            (self.shuffle_window >= 0, "text.shuffle_window must be >= 0"),
+        ]
+
+
+@dataclass(frozen=True)
+class TabularConfig:
+    """Tables: the label column, column kinds, SCARF corruption and the MLP's size."""
+
+    label_column: str | None = None
+    """Column holding the class; ``None``: ``target``, ``label`` or ``class`` when present."""
+    max_categories: int = 100
+    """A column of strings with at most this many distinct values in the training data is
+    categorical; one with more (identifiers, free text) is left out with a warning."""
+    corruption: float = 0.6
+    """SCARF: fraction of each row's features replaced by draws from their marginals."""
+    hidden_dim: int = 256
+    """Width of every layer of the MLP encoder (and its feature dimension)."""
+    layers: int = 4
+    """Linear layers of the MLP encoder, each followed by (batch norm and) ReLU."""
+    batch_norm: bool = True
+    dropout: float = 0.0
+    embedding_dim: int = 8
+    """A categorical column enters the MLP as a learned vector of at most this many numbers
+    (``min(embedding_dim, categories + 1)``; the extra code is "unknown or missing")."""
+
+    def problems(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs that must hold."""
+        return [
+            (self.max_categories >= 1, "tabular.max_categories must be at least 1"),
+            (0 <= self.corruption < 1, "tabular.corruption must be in [0, 1)"),
+            (self.hidden_dim >= 1, "tabular.hidden_dim must be at least 1"),
+            (self.layers >= 1, "tabular.layers must be at least 1"),
+            (0 <= self.dropout < 1, "tabular.dropout must be in [0, 1)"),
+            (self.embedding_dim >= 1, "tabular.embedding_dim must be at least 1"),
+        ]
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything a run needs; saved in the run folder and inside each checkpoint."""
 
@@ -157,9 +343,24 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    timeseries: TimeSeriesConfig = field(default_factory=TimeSeriesConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    tabular: TabularConfig = field(default_factory=TabularConfig)
 
 
-RECIPES = ("cpu-small", "cifar10-resnet18", "imagenet-resnet50", "digits-demo")
+RECIPES = (
+    "cpu-small",
+    "cifar10-resnet18",
+    "imagenet-resnet50",
+    "digits-demo",
+    "audio-small",
+    "timeseries-small",
+    "text-small",
+    "tabular-small",
+)
+MODALITIES = ("auto", "image", "audio", "timeseries", "text", "tabular")
+"""Values of ``data.modality``; each non-image modality's default recipe is ``<name>-small``."""
 
 
 def recipe_overrides(name: str) -> dict[str, Any]:
@@ -291,7 +492,14 @@ def validate(config: Config) -> None:
         (config.eval.temperature > 0, "eval.temperature must be > 0"),
         (config.data.in_memory in ("auto", "always", "never"), "data.in_memory: auto|always|never"),
         (config.data.num_workers >= 0, "data.num_workers must be >= 0"),
+        (
+            config.data.modality in MODALITIES,
+            f"data.modality must be one of {', '.join(MODALITIES)}",
+        ),
+        (0 < config.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
     ]
+    for section in (config.audio, config.timeseries, config.text, config.tabular):
+        checks += section.problems()
     for p_name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
         p = getattr(a, p_name)
         checks.append((0 <= p <= 1, f"augment.{p_name} must be a probability (got {p})"))

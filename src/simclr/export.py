@@ -192,6 +192,7 @@ def neighbors(
         UserError: unreadable query, missing or inconsistent embedding files, or embeddings made
             by another checkpoint (or the same checkpoint at random init).
     """
+    _require_images(encoder, "neighbors (a query image)")
     embedded = _npy_path(Path(embedded))
     metadata = read_embedding_metadata(embedded)
     made_by = metadata["protocol"]
@@ -262,6 +263,7 @@ def export_encoder(
     Shape:
         every exported model maps float ``[B, 3, S, S]`` in [0, 1] to float ``[B, D]``.
     """
+    _require_images(encoder, "export")
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown or not formats:
         raise UserError(f"unknown export format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
@@ -479,14 +481,19 @@ def _embed_one(
     single = TensorImages(image[None], torch.tensor([-1]), [], ["query"])
     module = encoder.model.backbone if layer == "backbone" else encoder.model
     features = extract_features(
-        module.to(device),
-        single,
-        size=encoder.config.augment.size,
-        batch_size=1,
-        device=device,
-        num_workers=0,
+        module.to(device), single, modality=encoder.modality(num_workers=0), device=device
     )
     return features.features[0]
+
+
+def _require_images(encoder: Encoder, what: str) -> None:
+    """Fail with one line for an encoder of another modality than images."""
+    modality = encoder.config.data.modality
+    if modality not in ("image", "auto"):
+        raise UserError(
+            f"{what} works on image encoders; this checkpoint is {modality} "
+            "(use embed, knn, linear or cluster)"
+        )
 
 
 def _rows(embeddings: np.ndarray | Tensor, start: int, stop: int) -> Tensor:

@@ -24,16 +24,16 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from simclr import distributed
-from simclr.augment.views import SimCLRViews
 from simclr.checkpoint import LATEST, file_sha256, load_checkpoint, save_checkpoint
 from simclr.config import Config, to_dict, to_yaml
-from simclr.data.datasets import ImageDataset, build_dataset, require_labels
-from simclr.data.loading import TrainData, open_train_data, train_batches
-from simclr.data.shards import ShardSet
+from simclr.data.items import Items, require_labels
+from simclr.data.loading import TrainData
 from simclr.errors import UserError, first_line
 from simclr.evaluate.knn import evaluate_knn
 from simclr.losses import NTXentLoss
 from simclr.metrics import MetricsLog
+from simclr.modalities import modality_for, resolve_modality
+from simclr.modalities.base import Fitted, Modality
 from simclr.models.batchnorm import use_global_batchnorm
 from simclr.models.simclr import SimCLR
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, warmup_steps_for
@@ -78,15 +78,23 @@ class Budget:
 
 
 def pretrain(
-    cfg: Config, run_dir: Path, *, resume: bool = False, dataset: TrainData | None = None
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    dataset: TrainData | None = None,
+    fitted: Fitted | None = None,
 ) -> dict[str, Any]:
     """Pretrain SimCLR as ``cfg`` says, writing checkpoints and logs into ``run_dir``.
 
     Under a process group (``torchrun``, see :func:`simclr.distributed.process_group_from_env`)
     every process calls this with the same arguments: the model is wrapped in
     DistributedDataParallel, batch norm becomes global (``train.sync_batchnorm``), each process
-    takes ``train.batch_size / K`` images of every global batch, NT-Xent draws negatives from
+    takes ``train.batch_size / K`` items of every global batch, NT-Xent draws negatives from
     all processes, and only rank 0 writes the run folder and shows progress.
+
+    The data, its views and the encoder come from the modality (``data.modality``, see
+    :mod:`simclr.modalities`); nothing here depends on what the items are.
 
     Args:
         cfg: The resolved configuration.
@@ -94,10 +102,13 @@ def pretrain(
             ``tensorboard/``, ``checkpoints/latest.pt`` and ``knn.json``.
         resume: Continue from ``run_dir/checkpoints/latest.pt`` if it exists.
         dataset: Training data given directly (Python API); default: ``cfg.data.path``.
+        fitted: The preprocessing ``dataset`` was encoded with (a tokenizer, column
+            statistics; see :meth:`Modality.open`); ``{}`` for images.
 
     Returns:
         A summary: steps, epochs, seconds, last loss, skipped files and the kNN results.
     """
+    cfg = resolve_modality(cfg)  # the saved config names the modality, never "auto"
     tcfg = cfg.train
     rank, world = distributed.rank(), distributed.world_size()
     main = rank == 0
@@ -130,15 +141,18 @@ def pretrain(
 
     # Rank 0 decides and reads the checkpoint, then hands it to the others.
     state = distributed.run_on_main(open_run_dir)
-    torch.manual_seed(tcfg.seed)
-    model = SimCLR.from_config(cfg.model).to(device)  # an unknown backbone fails before data loads
+    modality = modality_for(cfg)
     if dataset is None:
-        dataset = open_train_data(cfg.data, size=cfg.augment.size)
+        dataset, fitted = _open_training_data(modality, state)
+    elif fitted is None:
+        fitted = {}
+    torch.manual_seed(tcfg.seed)
+    model = modality.build_model(fitted).to(device)
     if len(dataset) < tcfg.batch_size:
         raise UserError(
-            f"batch size {tcfg.batch_size} is larger than the dataset ({len(dataset)} images)"
+            f"batch size {tcfg.batch_size} is larger than the dataset ({len(dataset)} items)"
         )
-    eval_sets = _eval_datasets(cfg, dataset)  # fail before training, not after
+    eval_sets = _eval_datasets(cfg, modality, dataset, fitted)  # fail before training, not after
 
     step, elapsed_before, saved_seconds_per_step = 0, 0.0, None
     if state is not None:
@@ -163,7 +177,8 @@ def pretrain(
         )
     if tcfg.compile:
         train_model.compile()  # in place: `model` and its checkpoint keys stay as they are
-    views = SimCLRViews(cfg.augment, seed=tcfg.seed)
+    views = modality.views(tcfg.seed)
+    views.to(device)  # filter banks and other buffers of the view generator
     criterion = NTXentLoss(tcfg.temperature)
     peak_lr = scaled_lr(cfg.optim.lr, tcfg.batch_size, cfg.optim.lr_scaling)
     dtype = autocast_dtype(precision)
@@ -183,6 +198,7 @@ def pretrain(
                 "seconds_per_step": seconds_per_step,
                 "world_size": world,
                 "config": to_dict(cfg),
+                "fitted": fitted,
             },
             checkpoint_path,
         )
@@ -219,22 +235,21 @@ def pretrain(
         while not budget.done(step, clock):
             epoch, offset = divmod(step, budget.steps_per_epoch)
             step_at_epoch_start = step
-            for images, skipped in train_batches(
+            for batch, skipped in modality.train_batches(
                 dataset,
-                cfg.augment,
                 batch_size=tcfg.batch_size,
                 seed=tcfg.seed,
                 epoch=epoch,
                 start=offset,
-                num_workers=cfg.data.num_workers,
                 pin_memory=device.type == "cuda",
                 rank=rank,
                 world_size=world,
             ):
                 skipped_files += skipped
+                length = len(batch[0])
                 if world > 1:  # unreadable files may shorten one rank's batch: cut all alike
-                    images = images[: int(-distributed.agree_max([-len(images)])[0])]
-                if len(images) * world < 2:
+                    length = int(-distributed.agree_max([-length])[0])
+                if length * world < 2:
                     continue
                 total_steps = budget.planned_steps(step, clock, seconds_per_step)
                 warmup = warmup_steps_for(
@@ -244,7 +259,7 @@ def pretrain(
                 set_lr(optimizer, lr)
 
                 views.manual_seed(view_seed(tcfg.seed, step, rank))
-                view1, view2 = views(images.to(device, non_blocking=True))
+                view1, view2 = views(*(t[:length].to(device, non_blocking=True) for t in batch))
                 loss = training_step(
                     train_model,
                     view1,
@@ -294,7 +309,7 @@ def pretrain(
                 if budget.done(step, clock):
                     break
             if step == step_at_epoch_start:
-                raise UserError(f"no readable images in {cfg.data.path} (all files failed)")
+                raise UserError(f"no readable items in {cfg.data.path} (all files failed)")
         checkpoint()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (a scheduler pre-empting the job)
         checkpoint()
@@ -307,7 +322,7 @@ def pretrain(
             metrics.close()
     skipped_files = round(distributed.sum_over_ranks(skipped_files))
     if skipped_files:
-        log.warning("skipped %d unreadable image file(s) during training", skipped_files)
+        log.warning("skipped %d unreadable file(s) during training", skipped_files)
 
     summary: dict[str, Any] = {
         "steps": step,
@@ -320,7 +335,7 @@ def pretrain(
     }
     if eval_sets is not None:
         distributed.broadcast_buffers(model)  # per-process batch norm: evaluate rank 0's model
-        summary["knn"] = knn_with_baseline(model, cfg, *eval_sets, device=device)
+        summary["knn"] = knn_with_baseline(model, modality, fitted, *eval_sets, device=device)
         if main:
             summary["knn"]["checkpoint"] = {
                 "path": str(checkpoint_path),
@@ -349,9 +364,12 @@ def training_step(
     gathers the projections of all processes.
 
     Shape:
-        view1 and view2 ``[B, C, H, W]`` float; row i of each is a view of image i.
+        view1 and view2 ``[B, ...]`` (images ``[B, C, H, W]`` float, token ids ``[B, L]``
+        int64...); row i of each is a view of item i. ``memory_format`` applies to 4-D views.
     """
-    both = torch.cat([view1, view2]).contiguous(memory_format=memory_format)
+    both = torch.cat([view1, view2])
+    if both.dim() == 4:
+        both = both.contiguous(memory_format=memory_format)
     with torch.autocast(both.device.type, dtype=autocast, enabled=autocast is not None):
         z1, z2 = model(both).chunk(2)
         loss: Tensor = criterion(z1, z2)
@@ -373,9 +391,10 @@ def view_seed(seed: int, step: int, rank: int) -> int:
 
 def knn_with_baseline(
     model: SimCLR,
-    cfg: Config,
-    train_set: ImageDataset,
-    test_set: ImageDataset,
+    modality: Modality,
+    fitted: Fitted,
+    train_set: Items,
+    test_set: Items,
     *,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -383,47 +402,61 @@ def knn_with_baseline(
 
     In a distributed job every process embeds its share of both datasets.
     """
+    cfg = modality.cfg
     torch.manual_seed(cfg.train.seed)
-    random_init = SimCLR.from_config(cfg.model).to(device)
+    random_init = modality.build_model(fitted).to(device)
     results = {}
     for name, candidate in (("trained", model), ("random_init", random_init)):
         results[name] = evaluate_knn(
             candidate.backbone,
             train_set,
             test_set,
-            size=cfg.augment.size,
+            modality=modality,
             cfg=cfg.eval,
             device=device,
-            num_workers=cfg.data.num_workers,
             across_ranks=True,
         )
     return results
 
 
-def _eval_datasets(cfg: Config, train_data: TrainData) -> tuple[ImageDataset, ImageDataset] | None:
+def _open_training_data(
+    modality: Modality, state: dict[str, Any] | None
+) -> tuple[TrainData, Fitted]:
+    """The training data, with its preprocessing fitted once by rank 0 (or read from ``state``).
+
+    Fitting (a tokenizer, column statistics) runs on rank 0 alone and is handed to the other
+    ranks, so every process encodes its data the same way.
+    """
+    saved: Fitted | None = None if state is None else state.get("fitted", {})
+    opened: list[TrainData] = []
+
+    def fit_on_main() -> Fitted:
+        dataset, fitted = modality.open_train(saved)
+        opened.append(dataset)
+        return fitted
+
+    fitted: Fitted = distributed.run_on_main(fit_on_main)
+    if opened:
+        return opened[0], fitted
+    return modality.open_train(fitted)[0], fitted
+
+
+def _eval_datasets(
+    cfg: Config, modality: Modality, train_data: TrainData, fitted: Fitted
+) -> tuple[Items, Items] | None:
     """The labelled (reference, test) sets of the end-of-run kNN, or ``None`` when not asked."""
     if cfg.eval.data is None:
         return None
-    if isinstance(train_data, ShardSet) and cfg.eval.train_data is None:
+    if not isinstance(train_data, Items) and cfg.eval.train_data is None:
         raise UserError(
             "kNN after training on shards needs --eval-train-data, a labelled folder to use as "
             "the kNN reference (a stream of shards cannot be embedded item by item)"
         )
-
-    def open_split(spec: str, split: str) -> ImageDataset:
-        return build_dataset(
-            spec,
-            split=split,
-            size=cfg.augment.size,
-            in_memory=cfg.data.in_memory,
-            num_workers=cfg.data.num_workers,
-        )
-
-    test = open_split(cfg.eval.data, "test")
+    test, _ = modality.open(cfg.eval.data, split="test", fitted=fitted)
     if cfg.eval.train_data is not None:
-        reference = open_split(cfg.eval.train_data, "train")
+        reference, _ = modality.open(cfg.eval.train_data, split="train", fitted=fitted)
     else:
-        assert isinstance(train_data, ImageDataset)
+        assert isinstance(train_data, Items)
         reference = train_data
     require_labels(reference, test, "kNN")
     return reference, test

@@ -5,6 +5,7 @@ from simclr.checkpoint import save_checkpoint
 from simclr.config import build_config
 from simclr.errors import UserError
 from simclr.evaluate.features import dataset_features, extract_features, load_encoder
+from simclr.modalities.image import image_modality
 from simclr.train import pretrain
 
 from ..test_train import TINY
@@ -60,7 +61,7 @@ def test_extract_features_restores_training_mode(tiny_run):
     encoder = load_encoder(run)
     backbone = encoder.model.backbone.train()
     _, dataset, _ = dataset_features(encoder, str(folder), split="train", cache=False)
-    extract_features(backbone, dataset, size=16, num_workers=0)
+    extract_features(backbone, dataset, modality=image_modality(16, num_workers=0))
     assert backbone.training
 
 

@@ -10,6 +10,7 @@ from simclr.errors import UserError
 from simclr.evaluate import linear as linear_module
 from simclr.evaluate.features import Features, extract_features
 from simclr.evaluate.linear import linear_probe, linear_probe_sgd, validation_split
+from simclr.modalities.image import image_modality
 from simclr.models.simclr import SimCLR
 
 from ..test_train import TINY
@@ -114,7 +115,7 @@ def test_both_probes_leave_the_backbone_unchanged(image_folder):
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     dataset = build_dataset(str(image_folder), size=16, num_workers=0)
 
-    features = extract_features(backbone, dataset, size=16, num_workers=0)
+    features = extract_features(backbone, dataset, modality=image_modality(16, num_workers=0))
     logistic = linear_probe(features, features, val_fraction=0.25)
     sgd = linear_probe_sgd(
         backbone, dataset, dataset, size=16, epochs=2, batch_size=8, num_workers=0

@@ -17,15 +17,17 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from simclr.augment.loader import eval_resize
+from simclr.data.items import Items
+from simclr.data.items import require_labels as require_labels
 from simclr.errors import UserError
 
 log = logging.getLogger("simclr")
@@ -46,21 +48,8 @@ SMALL_IMAGE_SIDE = 64
 """Datasets whose images are at most this many pixels on a side are decoded once into memory."""
 
 
-class ImageDataset(Dataset[tuple[Any, int]]):
-    """Common metadata: integer labels (``-1`` = unlabelled), class names and item names."""
-
-    def __init__(self, labels: Tensor, classes: Sequence[str], names: Sequence[str]) -> None:
-        self.labels = labels
-        self.classes = list(classes)
-        self.names = list(names)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    @property
-    def has_labels(self) -> bool:
-        """True when every item has a class label."""
-        return len(self.classes) > 0 and bool((self.labels >= 0).all())
+class ImageDataset(Items):
+    """Images with labels, class names and names (file paths, or synthetic names for arrays)."""
 
 
 class TensorImages(ImageDataset):
@@ -102,25 +91,6 @@ class FileImages(ImageDataset):
         if image is not None and self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
-
-
-def require_labels(train_set: ImageDataset, test_set: ImageDataset, purpose: str) -> None:
-    """Fail with one line unless both sets are labelled with the same classes, in the same order.
-
-    Image folders number their classes by sorted subfolder name, so a test folder missing a class
-    would silently shift every label after it.
-
-    Raises:
-        UserError: a set without labels, or different class lists.
-    """
-    for role, data in (("training", train_set), ("test", test_set)):
-        if not data.has_labels:
-            raise UserError(f"the {role} data has no labels; {purpose} needs class subfolders")
-    if train_set.classes != test_set.classes:
-        raise UserError(
-            f"the training and test data have different classes ({len(train_set.classes)} vs "
-            f"{len(test_set.classes)}, or in another order); {purpose} needs the same classes"
-        )
 
 
 def read_image(source: str | BinaryIO, *, name: str | None = None) -> Tensor | None:

@@ -28,10 +28,11 @@ from simclr.data.datasets import (
     decoded_batches,
     stack_valid,
 )
+from simclr.data.items import Items
 from simclr.data.shards import ShardSet, is_shard_index, open_shards, shard_batches
 from simclr.runtime import derive_seed
 
-TrainData = ImageDataset | ShardSet
+TrainData = Items | ShardSet
 """What the training loop reads: a dataset with random access, or a stream of shards."""
 
 

@@ -1,20 +1,21 @@
 """Extract once, score many: frozen features of every image, in dataset order, cached on disk.
 
 Every evaluation (kNN, linear probe, clustering, embeddings) reads :class:`Features`. They are
-computed with the evaluation preprocessing (resize, centre crop 0.875 for large images, no
-augmentation), with the encoder in eval mode, and cached per checkpoint (by its SHA-256), data,
-split, size and layer under the run folder's ``features/``.
+computed with the modality's evaluation preprocessing (for images: resize, centre crop 0.875 for
+large images; never augmentation), with the encoder in eval mode, and cached per checkpoint (by
+its SHA-256), data, split, preprocessing and layer under the run folder's ``features/``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -28,10 +29,12 @@ from simclr.checkpoint import (
     save_checkpoint,
 )
 from simclr.config import Config, from_dict
-from simclr.data.datasets import ImageDataset, build_dataset
-from simclr.data.loading import eval_batches
+from simclr.data.items import Items
 from simclr.errors import UserError
 from simclr.models.simclr import SimCLR
+
+if TYPE_CHECKING:
+    from simclr.modalities.base import Fitted, Modality
 
 LAYERS = ("backbone", "projection")
 
@@ -62,15 +65,31 @@ class Encoder:
     config: Config
     info: dict[str, Any]
     """``path``, ``sha256``, ``step`` and ``weights`` (``trained`` or ``random init``)."""
+    fitted: Fitted
+    """The preprocessing fitted on the training data (a tokenizer...; ``{}`` for images)."""
+
+    def modality(self, num_workers: int | None = None) -> Modality:
+        """The checkpoint's modality, optionally with another number of loader processes."""
+        from simclr.modalities import modality_for
+
+        config = self.config
+        if num_workers is not None:
+            config = dataclasses.replace(
+                config, data=dataclasses.replace(config.data, num_workers=num_workers)
+            )
+        return modality_for(config)
 
 
 def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encoder:
     """Rebuild the model of a checkpoint file or run folder (weights, or fresh with its seed)."""
+    from simclr.modalities import modality_for
+
     path = resolve_checkpoint(Path(checkpoint))
     state = load_checkpoint(path)
     config = from_dict(state["config"])
+    fitted = state.get("fitted", {})
     torch.manual_seed(config.train.seed)
-    model = SimCLR.from_config(config.model)
+    model = modality_for(config).build_model(fitted)
     if not random_init:
         try:
             model.load_state_dict(state["model"])
@@ -82,38 +101,36 @@ def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encode
         "step": int(state["step"]),
         "weights": "random init" if random_init else "trained",
     }
-    return Encoder(model.eval(), config, info)
+    return Encoder(model.eval(), config, info, fitted)
 
 
 @torch.no_grad()
 def extract_features(
     encoder: nn.Module,
-    dataset: ImageDataset,
+    dataset: Items,
     *,
-    size: int,
+    modality: Modality,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
-    num_workers: int = 2,
 ) -> Features:
-    """Run ``encoder`` in eval mode over ``dataset`` with the evaluation preprocessing.
+    """Run ``encoder`` in eval mode over ``dataset`` with ``modality``'s evaluation preprocessing.
 
     The encoder is put in eval mode (batch norm uses its running statistics, as lightly PR #1840
     found missing elsewhere) and restored to its previous mode afterwards.
     """
-    local = _extract_share(encoder, dataset, size, batch_size, device, num_workers, (0, 1))
+    local = _extract_share(encoder, dataset, modality, batch_size, device, (0, 1))
     if len(local.index) == 0:
-        raise UserError("no readable images to extract features from")
+        raise UserError("no readable items to extract features from")
     return local
 
 
 def extract_features_across_ranks(
     encoder: nn.Module,
-    dataset: ImageDataset,
+    dataset: Items,
     *,
-    size: int,
+    modality: Modality,
     batch_size: int = 512,
     device: torch.device | str = "cpu",
-    num_workers: int = 2,
 ) -> Features | None:
     """:func:`extract_features` shared by the processes of a distributed job.
 
@@ -121,7 +138,7 @@ def extract_features_across_ranks(
     dataset order (possibly empty), the other ranks ``None``.
     """
     shard = (distributed.rank(), distributed.world_size())
-    local = _extract_share(encoder, dataset, size, batch_size, device, num_workers, shard)
+    local = _extract_share(encoder, dataset, modality, batch_size, device, shard)
     features = distributed.gather_uneven_to_main(local.features)
     labels = distributed.gather_uneven_to_main(local.labels)
     index = distributed.gather_uneven_to_main(local.index)
@@ -134,11 +151,10 @@ def extract_features_across_ranks(
 @torch.no_grad()
 def _extract_share(
     encoder: nn.Module,
-    dataset: ImageDataset,
-    size: int,
+    dataset: Items,
+    modality: Modality,
     batch_size: int,
     device: torch.device | str,
-    num_workers: int,
     shard: tuple[int, int],
 ) -> Features:
     """Features of every ``shard[1]``-th batch from batch ``shard[0]`` on (possibly none)."""
@@ -146,16 +162,20 @@ def _extract_share(
     encoder.eval()
     features, labels, index = [], [], []
     try:
-        for images, batch_labels, batch_index in eval_batches(
-            dataset, size=size, batch_size=batch_size, num_workers=num_workers, shard=shard
+        for batch, batch_labels, batch_index in modality.eval_batches(
+            dataset, batch_size=batch_size, shard=shard
         ):
-            x = images.to(device, non_blocking=True).float().div_(255)
+            x = modality.model_input(batch, device)
             features.append(encoder(x).flatten(1).float().cpu())
             labels.append(batch_labels)
             index.append(batch_index)
         if not features:  # a rank without a batch still sends a [0, D] block
-            blank = torch.zeros(1, 3, size, size, device=device)
-            features.append(encoder(blank).flatten(1).float().cpu()[:0])
+            first = next(modality.eval_batches(dataset, batch_size=1), None)
+            if first is not None:
+                x = modality.model_input(first[0], device)
+                features.append(encoder(x).flatten(1).float().cpu()[:0])
+            else:
+                features.append(torch.zeros(0, 0))
             labels.append(torch.zeros(0, dtype=torch.long))
             index.append(torch.zeros(0, dtype=torch.long))
     finally:
@@ -173,8 +193,8 @@ def dataset_features(
     num_workers: int = 2,
     batch_size: int = 512,
     cache: bool = True,
-) -> tuple[Features, ImageDataset, dict[str, Any]]:
-    """Features of the data named by ``spec`` (see :func:`build_dataset`), cached on disk.
+) -> tuple[Features, Items, dict[str, Any]]:
+    """Features of the data named by ``spec`` (read by the checkpoint's modality), cached on disk.
 
     Args:
         encoder: From :func:`load_encoder`.
@@ -192,15 +212,12 @@ def dataset_features(
     """
     if layer not in LAYERS:
         raise UserError(f"unknown layer {layer!r}; choose backbone or projection")
-    cfg = encoder.config
-    size = cfg.augment.size
-    dataset = build_dataset(
-        spec, split=split, size=size, in_memory=cfg.data.in_memory, num_workers=num_workers
-    )
+    modality = encoder.modality(num_workers)
+    dataset, _ = modality.open(spec, split=split, fitted=encoder.fitted)
     protocol = {
         "features": "backbone output h" if layer == "backbone" else "projection output z",
-        "preprocessing": f"resize to {size} px (shorter side to {size}/0.875 and centre crop "
-        "when larger); no augmentation",
+        "modality": modality.name,
+        "preprocessing": modality.preprocessing(),
         "data": spec,
         "split": split,
         "checkpoint_sha256": encoder.info["sha256"],
@@ -222,7 +239,7 @@ def dataset_features(
     module: nn.Module = encoder.model.backbone if layer == "backbone" else encoder.model
     module = module.to(device)
     features = extract_features(
-        module, dataset, size=size, batch_size=batch_size, device=device, num_workers=num_workers
+        module, dataset, modality=modality, batch_size=batch_size, device=device
     )
     if cache:
         save_checkpoint(
@@ -232,7 +249,7 @@ def dataset_features(
     return features, dataset, protocol
 
 
-def _fingerprint(dataset: ImageDataset, spec_path: str) -> str:
+def _fingerprint(dataset: Items, spec_path: str) -> str:
     """A hash of the data path and item names, with sizes and modification times of real files.
 
     The path's own stat covers arrays and CIFAR copies, whose item names are synthetic.

@@ -348,8 +348,11 @@ def evaluate_classifier(
     batch_size: int = 512,
 ) -> dict[str, float]:
     """Top-1/top-5 on ``test_set``: eval mode, evaluation preprocessing, every readable item."""
+    from simclr.modalities.image import image_modality
+
+    modality = image_modality(size, num_workers=num_workers)
     logits = extract_features(
-        model, test_set, size=size, batch_size=batch_size, device=device, num_workers=num_workers
+        model, test_set, modality=modality, batch_size=batch_size, device=device
     )
     return topk_accuracy(logits.features, logits.labels)
 

@@ -7,7 +7,7 @@ It is not part of the SimCLR paper's protocol; it is the cheap monitor everybody
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,10 +15,13 @@ from torch import Tensor, nn
 
 from simclr import distributed
 from simclr.config import EvalConfig
-from simclr.data.datasets import ImageDataset
+from simclr.data.items import Items
 from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import extract_features, extract_features_across_ranks
+
+if TYPE_CHECKING:
+    from simclr.modalities.base import Modality
 
 
 def knn_predict(
@@ -88,37 +91,30 @@ def knn_accuracy(
 
 def evaluate_knn(
     encoder: nn.Module,
-    train_set: ImageDataset,
-    test_set: ImageDataset,
+    train_set: Items,
+    test_set: Items,
     *,
-    size: int,
+    modality: Modality,
     cfg: EvalConfig,
     device: torch.device | str = "cpu",
-    num_workers: int = 2,
     across_ranks: bool = False,
 ) -> dict[str, Any]:
     """Extract frozen features of both sets with ``encoder`` and score them with weighted kNN.
 
-    With ``across_ranks`` the processes of a distributed job share the feature extraction (see
-    :func:`extract_features_across_ranks`); rank 0 scores and every rank gets the result.
+    ``modality`` gives the evaluation preprocessing. With ``across_ranks`` the processes of a
+    distributed job share the feature extraction (see :func:`extract_features_across_ranks`);
+    rank 0 scores and every rank gets the result.
     """
     extract = extract_features_across_ranks if across_ranks else extract_features
     train, test = (
-        extract(
-            encoder,
-            data,
-            size=size,
-            batch_size=cfg.batch_size,
-            device=device,
-            num_workers=num_workers,
-        )
+        extract(encoder, data, modality=modality, batch_size=cfg.batch_size, device=device)
         for data in (train_set, test_set)
     )
 
     def score() -> dict[str, Any]:
         assert train is not None and test is not None  # rank 0 holds the gathered features
         if len(train.index) == 0 or len(test.index) == 0:
-            raise UserError("no readable images to extract features from")
+            raise UserError("no readable items to extract features from")
         result = knn_accuracy(
             train.features,
             train.labels,
@@ -127,7 +123,7 @@ def evaluate_knn(
             k=cfg.k,
             temperature=cfg.temperature,
         )
-        result["protocol"]["preprocessing"] = f"resize to {size} px (centre crop 0.875 when larger)"
+        result["protocol"]["preprocessing"] = modality.preprocessing()
         return result
 
     return distributed.run_on_main(score)

@@ -149,10 +149,12 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
         kept = logits if len(blocks) == 1 else anchors.new_empty(0)
         ctx.save_for_backward(anchors, candidates, pos_cols, self_cols, lse, kept)
         ctx.scale = scale
+        # one process: the candidates are the anchors themselves (one tensor, passed twice)
+        ctx.symmetric = candidates is anchors and len(blocks) == 1
         return (lse - positive).mean()
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor, None, None, None]:
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, Tensor | None, None, None, None]:
         if torch.is_grad_enabled():  # create_graph=True: the result would miss 2nd-order terms
             raise RuntimeError(
                 "nt_xent does not support double backward (create_graph=True): its backward "
@@ -160,6 +162,15 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
             )
         anchors, candidates, pos_cols, self_cols, lse, kept = ctx.saved_tensors
         rows = anchors.shape[0]
+        factor = grad_loss * ctx.scale / rows  # d loss / d logits carries 1 / rows; logits, 1/t
+        if ctx.symmetric:
+            # Both gradients land on the same tensor: P @ A + P.T @ A in one product, and the
+            # positives' terms -A[pos] (as anchor) and -A[pos] (as positive of pos: pos is its
+            # own inverse) in one fused multiply-add.
+            with _autocast_off(anchors.device):
+                both = torch.add(kept, kept.T)  # (2N, 2N)
+                grad = torch.addmm(anchors[pos_cols], both, anchors, beta=-2.0)  # (2N, D)
+            return grad.mul_(factor), None, None, None, None
         grad_anchors = torch.empty_like(anchors)
         grad_candidates = torch.zeros_like(candidates)
         with _autocast_off(anchors.device):  # a backward called under autocast stays float32
@@ -174,7 +185,6 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
                 grad_anchors[block] -= candidates[positives]
                 grad_candidates.addmm_(probs.T, anchors[block])  # (2M, D)
                 grad_candidates.index_add_(0, positives, anchors[block], alpha=-1.0)
-        factor = grad_loss * ctx.scale / rows  # d loss / d logits carries 1 / rows; logits, 1/t
         return grad_anchors.mul_(factor), grad_candidates.mul_(factor), None, None, None
 
 

@@ -36,6 +36,15 @@ def test_separable_clusters_reach_100_and_shuffled_labels_are_near_chance():
     assert max(shuffled["val_top1"].values()) < 45.0
 
 
+def test_validation_ties_are_broken_by_log_loss_not_by_the_weakest_c():
+    train, test = clusters(5, 80, 16, seed=0), clusters(5, 40, 16, seed=1)
+    result = linear_probe(train, test, c_grid=(0.001, 0.1, 10.0))
+    assert set(result["val_top1"].values()) == {100.0}  # every C separates the validation part
+    losses = result["val_log_loss"]
+    assert losses["10"] < losses["0.1"] < losses["0.001"]
+    assert result["best_c"] == 10.0
+
+
 def test_choice_of_c_never_sees_the_test_set(monkeypatch):
     g = torch.Generator().manual_seed(3)
     train = clusters(4, 50, 8, seed=0, spread=4.0)  # overlapping: C matters

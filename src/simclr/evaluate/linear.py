@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -104,9 +105,11 @@ def linear_probe(
 
     Steps: (1) :func:`validation_split` of the training features; (2) for each C in ascending
     order, fit a standardiser on the fit part and L-BFGS logistic regression on it, warm-started
-    from the previous C, and measure top-1 on the validation part; (3) pick the C with the best
-    validation top-1 (the smallest such C on ties); (4) refit the standardiser and the
-    regression on the whole training set with that C; (5) report top-1/top-5 on the test set.
+    from the previous C, and measure top-1 and log-loss on the validation part; (3) pick the C
+    with the best validation top-1, the lowest validation log-loss among ties (small validation
+    sets often tie at several C, and the weakest C then underfits); (4) refit the standardiser
+    and the regression on the whole training set with that C; (5) report top-1/top-5 on the
+    test set.
     The test labels are used in step 5 only. Features are fitted as float32 (half the memory of
     float64; same accuracies and half the time on 50k x 128 features here).
 
@@ -125,8 +128,8 @@ def linear_probe(
             on idle cores 2 threads were only 15% faster (2.6 s against 3.0 s).
 
     Returns:
-        ``top1``, ``top5`` (percent on the test set), ``best_c``, ``val_top1`` (validation top-1
-        per C), ``seconds`` and the ``protocol``.
+        ``top1``, ``top5`` (percent on the test set), ``best_c``, ``val_top1`` and
+        ``val_log_loss`` (validation scores per C), ``seconds`` and the ``protocol``.
 
     Raises:
         UserError: unlabelled features, an empty C grid, or a training set too small to split.
@@ -144,13 +147,15 @@ def linear_probe(
         scaler = StandardScaler().fit(x_train[fit])
         x_fit, x_val = scaler.transform(x_train[fit]), scaler.transform(x_train[val])
         model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
-        val_top1, iterations = {}, {}
+        val_top1, val_loss, iterations = {}, {}, {}
         for c in grid:
             model.set_params(C=c)
             _fit_quietly(model, x_fit, y_train[fit])
             val_top1[c] = round(100.0 * float(model.score(x_val, y_train[val])), 2)
+            probabilities = model.predict_proba(x_val)
+            val_loss[c] = float(log_loss(y_train[val], probabilities, labels=model.classes_))
             iterations[c] = int(np.max(model.n_iter_))
-        best_c = max(grid, key=lambda c: (val_top1[c], -c))
+        best_c = max(grid, key=lambda c: (val_top1[c], -val_loss[c], -c))
 
         scaler = StandardScaler().fit(x_train)
         final = LogisticRegression(C=best_c, max_iter=max_iter, tol=tol)
@@ -164,6 +169,7 @@ def linear_probe(
         **result,
         "best_c": best_c,
         "val_top1": {f"{c:g}": v for c, v in val_top1.items()},
+        "val_log_loss": {f"{c:g}": round(v, 4) for c, v in val_loss.items()},
         "seconds": round(time.perf_counter() - began, 2),
         "protocol": {
             "method": "multinomial logistic regression on frozen features",
@@ -178,8 +184,8 @@ def linear_probe(
             | {"final": int(np.max(final.n_iter_))},
             "c_grid": grid,
             "chosen_c": best_c,
-            "selection": "best validation top-1 (smallest C on ties); fits warm-started along "
-            "the ascending grid",
+            "selection": "best validation top-1, lowest validation log-loss on ties; fits "
+            "warm-started along the ascending grid",
             "val_fraction": val_fraction,
             "split": "stratified by class, carved from the training set; test set unused",
             "num_fit": len(fit),

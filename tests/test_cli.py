@@ -192,3 +192,28 @@ def test_demo_runs_quickly(capsys, tmp_path):
     )
     out = capsys.readouterr().out
     assert "random-init encoder" in out and "SimCLR-trained encoder" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "modality", "backbone"),
+    [
+        (["--data", "sklearn:wine"], "tabular", "mlp"),  # detected from the data
+        (["--modality", "audio"], "audio", "audio-cnn"),  # named: that modality's recipe
+        (["--data", "digits"], "image", "resnet50"),  # images keep the plain defaults
+        (["--data", "sklearn:wine", "--recipe", "cpu-small"], "tabular", "resnet18"),
+    ],
+)
+def test_a_modality_starts_from_its_recipe_unless_one_is_named(capsys, flags, modality, backbone):
+    assert main(["pretrain", *flags, "--print-config"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["data"]["modality"] == modality  # printed resolved, never "auto"
+    assert cfg["model"]["backbone"] == backbone
+
+
+def test_a_modality_without_its_encoder_is_one_line(capsys, tmp_path):
+    code = main(
+        ["pretrain", "--data", "sklearn:wine", "--recipe", "cpu-small", "--out", str(tmp_path)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a tabular encoder" in err[0], err

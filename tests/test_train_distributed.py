@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import nn
 
 from simclr.checkpoint import load_checkpoint
-from simclr.config import ModelConfig, OptimConfig, build_config
+from simclr.config import ModelConfig, OptimConfig, build_config, recipe_overrides
 from simclr.data.datasets import build_dataset
 from simclr.evaluate.features import load_encoder
 from simclr.evaluate.knn import evaluate_knn
@@ -129,3 +129,33 @@ def test_pretrain_in_two_processes_writes_one_run_and_gathers_knn_features(tmp_p
     )
     assert again["top1"] == knn["trained"]["top1"]
     assert again["protocol"]["num_train"] == len(data) == knn["trained"]["protocol"]["num_train"]
+
+
+def _text_worker(rank: int, out_dir: Path, corpus: str) -> None:
+    torch.manual_seed(0)
+    cfg = build_config(
+        recipe_overrides("text-small"),
+        {
+            "data": {"path": corpus},
+            "text": {"vocab_size": 300, "max_length": 16, "dim": 16, "layers": 1, "heads": 2},
+            "train": {"batch_size": 8, "max_steps": 3, "progress": False},
+            "eval": {"data": corpus, "k": 5},
+        },
+    )
+    summary = pretrain(cfg, out_dir / "run")
+    (out_dir / f"summary{rank}.json").write_text(json.dumps(summary))
+
+
+def test_a_modality_with_fitted_preprocessing_trains_in_two_processes(tmp_path):
+    """Text: rank 0 fits the tokenizer and hands it over, so both ranks encode alike."""
+    topics = ("the market closed higher after the bank report", "the team won the final match")
+    rows = [f"{i % 2},{topics[i % 2]} number {i}" for i in range(48)]
+    corpus = tmp_path / "news.csv"
+    corpus.write_text("label,text\n" + "\n".join(rows) + "\n")
+    run_on_gloo(_text_worker, WORLD, tmp_path, str(corpus))
+    summaries = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in range(WORLD)]
+    assert all(s["processes"] == WORLD and s["steps"] == 3 for s in summaries)
+    assert summaries[0]["knn"]["trained"]["top1"] == summaries[1]["knn"]["trained"]["top1"]
+    state = load_checkpoint(tmp_path / "run")
+    assert state["config"]["data"]["modality"] == "text"
+    assert '"BPE"' in state["fitted"]["tokenizer"]  # the tokenizer travels with the weights

@@ -137,6 +137,7 @@ _FLAG_KEYS: list[tuple[str, str, type]] = [
 
 def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
     from simclr.config import build_config, parse_assignment, read_yaml, recipe_overrides
+    from simclr.modalities import resolve_modality
 
     layers: list[dict[str, Any]] = [base] if base else []
     if args.recipe:
@@ -161,7 +162,7 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
         flags.setdefault("eval", {})["train_data"] = args.eval_train_data
     layers.append(flags)
     layers += [parse_assignment(text) for text in args.overrides]
-    return build_config(*layers)
+    return resolve_modality(build_config(*layers))
 
 
 def _modality_recipe(args: argparse.Namespace) -> dict[str, Any]:

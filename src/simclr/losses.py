@@ -164,12 +164,12 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
         rows = anchors.shape[0]
         factor = grad_loss * ctx.scale / rows  # d loss / d logits carries 1 / rows; logits, 1/t
         if ctx.symmetric:
-            # Both gradients land on the same tensor: P @ A + P.T @ A in one product, and the
-            # positives' terms -A[pos] (as anchor) and -A[pos] (as positive of pos: pos is its
-            # own inverse) in one fused multiply-add.
+            # Both gradients land on the same tensor: P @ A + P.T @ A, and the positives' terms
+            # -A[pos] (as anchor) and -A[pos] (as positive of pos: pos is its own inverse),
+            # fused into two multiply-adds with no second (2N, 2N) matrix.
             with _autocast_off(anchors.device):
-                both = torch.add(kept, kept.T)  # (2N, 2N)
-                grad = torch.addmm(anchors[pos_cols], both, anchors, beta=-2.0)  # (2N, D)
+                grad = torch.addmm(anchors[pos_cols], kept, anchors, beta=-2.0)  # (2N, D)
+                grad.addmm_(kept.T, anchors)
             return grad.mul_(factor), None, None, None, None
         grad_anchors = torch.empty_like(anchors)
         grad_candidates = torch.zeros_like(candidates)
@@ -209,8 +209,12 @@ def _masked_logits(
     logits = torch.addmm(  # alpha folds 1/t into the product: no (2N, D) copy, no extra pass
         anchors.new_zeros(()), anchors[block], candidates.T, beta=0.0, alpha=scale
     )  # (R, 2M)
-    local = torch.arange(logits.shape[0], device=logits.device)
-    logits[local, self_cols[block]] = float("-inf")  # mask k == i: no value, no gradient
+    # mask k == i: no value, no gradient
+    if candidates is anchors:  # one process: each anchor's own column is on a diagonal
+        logits.diagonal(offset=block.start).fill_(float("-inf"))
+    else:
+        local = torch.arange(logits.shape[0], device=logits.device)
+        logits[local, self_cols[block]] = float("-inf")
     return logits
 
 

@@ -61,8 +61,12 @@ class Modality(ABC):
     """One kind of data, bound to a configuration.
 
     Subclasses set :attr:`name`, :attr:`backbones` (encoder names, the first is the default) and
-    implement the abstract methods. Register an instance factory in
-    :data:`simclr.modalities.MODALITY_TYPES` to reach it from the command line.
+    implement the abstract methods. A modality whose views or evaluation input depend on the
+    fitted preprocessing (time series: the length and channel statistics) keeps the one its
+    :meth:`open` returned or applied, or :meth:`build_model` received: the loop, the evaluation
+    commands and :func:`simclr.evaluate.features.load_encoder` always call one of them first.
+    Register the class in :data:`simclr.modalities.MODALITY_TYPES` to reach it from the command
+    line.
 
     Args:
         cfg: The resolved configuration (its ``data.modality`` names this modality).

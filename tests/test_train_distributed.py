@@ -34,9 +34,15 @@ OPTIM = OptimConfig(name="lars", lr=1.0, weight_decay=1e-4)
 
 
 def _views(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed views of the global batch of ``step`` (rank 0's rows first)."""
+    """Fixed views of the global batch of ``step`` (rank 0's rows first), in float64.
+
+    Double precision, so that three LARS steps at lr 1 compare the maths of the two set-ups and
+    not their float32 rounding (the loss's one-process backward sums in another order).
+    """
     g = torch.Generator().manual_seed(step)
-    return tuple(torch.rand(WORLD * PER_RANK, 3, 16, 16, generator=g) for _ in range(2))  # type: ignore[return-value]
+    return tuple(  # type: ignore[return-value]
+        torch.rand(WORLD * PER_RANK, 3, 16, 16, generator=g, dtype=torch.float64) for _ in range(2)
+    )
 
 
 def _train(model: nn.Module, ddp: bool, rows: slice) -> tuple[nn.Module, list[float]]:
@@ -54,7 +60,7 @@ def _train(model: nn.Module, ddp: bool, rows: slice) -> tuple[nn.Module, list[fl
 
 def _fresh_model() -> SimCLR:
     torch.manual_seed(0)
-    return SimCLR.from_config(MODEL)
+    return SimCLR.from_config(MODEL).double()
 
 
 def _step_worker(rank: int, out_dir: Path) -> None:

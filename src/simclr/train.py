@@ -145,7 +145,7 @@ def pretrain(
     if dataset is None:
         dataset, fitted = _open_training_data(modality, state)
     elif fitted is None:
-        fitted = {}
+        fitted = {} if state is None else state.get("fitted", {})
     torch.manual_seed(tcfg.seed)
     model = modality.build_model(fitted).to(device)
     if len(dataset) < tcfg.batch_size:
@@ -259,6 +259,9 @@ def pretrain(
                 set_lr(optimizer, lr)
 
                 views.manual_seed(view_seed(tcfg.seed, step, rank))
+                # the model's own randomness (dropout: SimCSE's noise for text) as well, so a
+                # resumed run repeats it and every rank draws its own
+                torch.manual_seed(derive_seed(tcfg.seed, step, rank, 1))
                 view1, view2 = views(*(t[:length].to(device, non_blocking=True) for t in batch))
                 loss = training_step(
                     train_model,
@@ -425,9 +428,12 @@ def _open_training_data(
     """The training data, with its preprocessing fitted once by rank 0 (or read from ``state``).
 
     Fitting (a tokenizer, column statistics) runs on rank 0 alone and is handed to the other
-    ranks, so every process encodes its data the same way.
+    ranks, so every process encodes its data the same way; data with nothing to fit, or a fit
+    saved in the checkpoint, is opened by every rank at once.
     """
     saved: Fitted | None = None if state is None else state.get("fitted", {})
+    if saved is not None or not modality.fits_preprocessing:  # nothing to agree on: all at once
+        return modality.open_train(saved)
     opened: list[TrainData] = []
 
     def fit_on_main() -> Fitted:

@@ -74,3 +74,17 @@ def test_bad_inputs(tiny_run, tmp_path):
     save_checkpoint(state, tmp_path / "mismatch.pt")
     with pytest.raises(UserError, match="do not fit"):
         load_encoder(tmp_path / "mismatch.pt")
+
+
+def test_checkpoints_from_before_modalities_load_as_images_without_their_data(tiny_run, tmp_path):
+    from simclr.checkpoint import load_checkpoint
+
+    run, _ = tiny_run
+    state = load_checkpoint(run)
+    del state["config"]["data"]["modality"]  # saved before the key existed
+    state["config"]["data"]["path"] = str(tmp_path / "moved-away")
+    state.pop("fitted")
+    save_checkpoint(state, tmp_path / "old.pt")
+    old = load_encoder(tmp_path / "old.pt")
+    assert old.config.data.modality == "image" and old.fitted == {}
+    assert old.modality().name == "image"

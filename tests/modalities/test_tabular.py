@@ -462,3 +462,16 @@ def test_pretrain_then_knn_end_to_end(tmp_path: Path) -> None:
     argv += ["--max-steps", "3", "--batch-size", "16", "--device", "cpu", *common]
     assert main(argv) == 0
     assert main(["knn", str(run), "--train-data", data, "--test-data", data]) == 0
+
+
+def test_a_model_fitted_on_unlabelled_rows_evaluates_labelled_ones(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.normal(size=(40, 3)), columns=["a", "b", "c"])
+    features.to_csv(tmp_path / "unlabelled.csv", index=False)
+    features.assign(target=["x", "y"] * 20).to_csv(tmp_path / "labelled.csv", index=False)
+    m = modality(tmp_path / "unlabelled.csv")
+    _, fitted = m.open(str(tmp_path / "unlabelled.csv"), split="train")
+    assert fitted["label_column"] is None
+    labelled, _ = m.open(str(tmp_path / "labelled.csv"), split="test", fitted=fitted)
+    assert labelled.has_labels and labelled.classes == ["x", "y"]
+    assert labelled.inputs.shape[1] == 3  # the label is not read as a feature

@@ -570,3 +570,14 @@ def test_baseline_beats_chance_on_separable_waves(tmp_path: Path) -> None:
     scores = baseline(train, test, m.cfg)
     assert set(scores) == {"1nn_euclidean_top1", "knn_top1", "linear_top1"}
     assert scores["1nn_euclidean_top1"] >= 90
+
+
+def test_every_split_of_an_array_numbers_classes_like_the_training_split(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 10 + [2])  # class 2: a single series, which lands in one split
+    np.savez(tmp_path / "s.npz", series=rng.normal(size=(21, 12)), labels=labels)
+    m = modality(tmp_path / "s.npz")
+    train, fitted = m.open(str(tmp_path / "s.npz"), split="train")
+    test, _ = m.open(str(tmp_path / "s.npz"), split="test", fitted=fitted)
+    assert test.classes == train.classes == fitted["classes"]
+    assert set(test.labels.tolist()) <= set(range(len(train.classes)))

@@ -87,6 +87,10 @@ def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encode
     path = resolve_checkpoint(Path(checkpoint))
     state = load_checkpoint(path)
     config = from_dict(state["config"])
+    if config.data.modality == "auto":  # saved before modalities existed: images only then
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, modality="image")
+        )
     fitted = state.get("fitted", {})
     torch.manual_seed(config.train.seed)
     model = modality_for(config).build_model(fitted)
@@ -252,10 +256,14 @@ def dataset_features(
 def _fingerprint(dataset: Items, spec_path: str) -> str:
     """A hash of the data path and item names, with sizes and modification times of real files.
 
-    The path's own stat covers arrays and CIFAR copies, whose item names are synthetic.
+    The path's own stat covers arrays and CIFAR copies, whose item names are synthetic, and the
+    files directly in a folder cover items named by their row in a file (``train.csv:12``).
     """
     digest = hashlib.sha256()
-    for name in [spec_path, *dataset.names]:
+    folder = Path(spec_path)
+    # files directly in a data folder (train.csv, X_TEST.ts...): their items are named by row
+    direct = sorted(e.path for e in os.scandir(folder) if e.is_file()) if folder.is_dir() else []
+    for name in [spec_path, *direct, *dataset.names]:
         digest.update(name.encode())
         with contextlib.suppress(OSError):
             stat = os.stat(name)

@@ -74,6 +74,8 @@ class Modality(ABC):
 
     name: ClassVar[str]
     backbones: ClassVar[tuple[str, ...]]
+    fits_preprocessing: ClassVar[bool] = False
+    """True when :meth:`open` fits something on the training data (then rank 0 fits it once)."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg

@@ -75,6 +75,7 @@ class TabularModality(TensorModality):
     """
 
     name = "tabular"
+    fits_preprocessing = True
     backbones = ("mlp",)
 
     @classmethod
@@ -99,7 +100,11 @@ class TabularModality(TensorModality):
         fitted = self._fit(table) if fitted is None else _checked(fitted)
         rows = table.rows()
         inputs = encode_rows(rows, fitted["columns"])
-        labels, classes = encode_labels(rows, fitted["label_column"], fitted["classes"])
+        label_column, classes = fitted["label_column"], fitted["classes"]
+        if label_column is None:  # pretrained on unlabelled rows: the data brings its classes
+            label_column = label_column_of(table.frame, self.cfg.tabular.label_column)
+            classes = fit_classes(table.frame, label_column)
+        labels, classes = encode_labels(rows, label_column, classes)
         items = TableItems(inputs, labels, classes, table.names(), fitted["columns"])
         return items, fitted
 

@@ -44,6 +44,7 @@ class TextModality(TensorModality):
     """Text corpora (section ``text`` of the configuration); batches are ``(ids, lengths)``."""
 
     name = "text"
+    fits_preprocessing = True
     backbones = ("transformer",)
 
     @classmethod

@@ -45,6 +45,7 @@ class TimeSeriesModality(TensorModality):
     """
 
     name = "timeseries"
+    fits_preprocessing = True
     backbones = ("resnet1d",)
 
     def __init__(self, cfg: Config) -> None:
@@ -82,17 +83,23 @@ class TimeSeriesModality(TensorModality):
         collection = read_series(
             spec, split, test_fraction=data.test_fraction, split_seed=data.split_seed
         )
-        items = to_items(collection)
-        channels = int(items.inputs.shape[1])
-        if fitted is None:
-            mean, std = channel_statistics(items.inputs, items.lengths)
-            length = fit_length(self.cfg.timeseries, items)
-            fitted = {"channels": channels, "length": length, "mean": mean, "std": std}
-        elif _fitted_channels(fitted) != channels:
+        channels = int(collection.series[0].shape[0])
+        if fitted is not None and _fitted_channels(fitted) != channels:
             raise UserError(
                 f"{spec} has {channels} channel(s) but the model was trained on "
                 f"{fitted['channels']}"
             )
+        items = to_items(collection, classes=None if fitted is None else fitted.get("classes"))
+        if fitted is None:
+            mean, std = channel_statistics(items.inputs, items.lengths)
+            length = fit_length(self.cfg.timeseries, items)
+            fitted = {
+                "channels": channels,
+                "length": length,
+                "mean": mean,
+                "std": std,
+                "classes": items.classes,  # every split numbers its labels by these
+            }
         self._fitted = dict(fitted)
         return items, dict(fitted)
 

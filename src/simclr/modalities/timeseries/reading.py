@@ -217,26 +217,41 @@ def read_array(
     return _clean(series, kept_labels, names, source=str(path))
 
 
-def to_items(collection: SeriesCollection) -> TensorItems:
+def to_items(collection: SeriesCollection, classes: Sequence[str] | None = None) -> TensorItems:
     """Pad the series with zeros after their valid part into one float32 tensor.
 
-    Labels become class indices over the sorted distinct values (integer-valued strings such as
-    aeon's ``"2"`` and ``"10"`` sort as numbers); unlabelled collections get ``-1`` and no classes.
+    Labels become class indices over ``classes`` (the training data's, so that every split
+    numbers them alike) or, without them, over the sorted distinct values (integer-valued
+    strings such as aeon's ``"2"`` and ``"10"`` sort as numbers); unlabelled collections get
+    ``-1`` and no classes.
+
+    Raises:
+        UserError: a label that is not one of ``classes``.
 
     Shape:
         ``inputs`` float32 ``[N, C, T_max]``, ``lengths`` int64 ``[N]``.
     """
-    n = len(collection.series)
+    n, names = len(collection.series), collection.names
     channels = collection.series[0].shape[0]
     lengths = torch.tensor([s.shape[1] for s in collection.series], dtype=torch.long)
     inputs = torch.zeros(n, channels, int(lengths.max()), dtype=torch.float32)
     for i, values in enumerate(collection.series):
         inputs[i, :, : values.shape[1]] = torch.from_numpy(values)
     if collection.labels is None:
-        labels, classes = torch.full((n,), -1, dtype=torch.long), list[str]()
-    else:
-        labels, classes = label_names(_numeric_labels(collection.labels))
-    return TensorItems(inputs, lengths, labels, classes, collection.names)
+        return TensorItems(inputs, lengths, torch.full((n,), -1, dtype=torch.long), [], names)
+    raw = _numeric_labels(collection.labels)
+    if not classes:
+        labels, own = label_names(raw)
+        return TensorItems(inputs, lengths, labels, own, names)
+    position = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({str(v) for v in raw} - set(position))
+    if unknown:
+        raise UserError(
+            f"class(es) {', '.join(unknown[:5])} are not among the training classes "
+            f"({', '.join(list(classes)[:10])})"
+        )
+    labels = torch.tensor([position[str(v)] for v in raw], dtype=torch.long)
+    return TensorItems(inputs, lengths, labels, list(classes), names)
 
 
 def _aeon_data_root() -> str:

@@ -136,16 +136,17 @@ _FLAG_KEYS: list[tuple[str, str, type]] = [
 
 
 def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
+    """The run's configuration, with ``data.modality`` decided.
+
+    Data that is not images, with no ``--recipe`` and no resumed config, starts from its
+    modality's recipe ``<modality>-small``: the modality is the one the other layers name or
+    detect (``--modality``, ``--data``, ``--config``, ``--set``), and the recipe goes under them.
+    """
     from simclr.config import build_config, parse_assignment, read_yaml, recipe_overrides
     from simclr.modalities import resolve_modality
 
-    layers: list[dict[str, Any]] = [base] if base else []
-    if args.recipe:
-        layers.append(recipe_overrides(args.recipe))
-    elif base is None:
-        layers.append(_modality_recipe(args))
-    if args.config:
-        layers.append(read_yaml(args.config))
+    first: list[dict[str, Any]] = [base] if base else []
+    layers: list[dict[str, Any]] = [read_yaml(args.config)] if args.config else []
     flags: dict[str, Any] = {}
     for _, key, _ in _FLAG_KEYS:
         value = getattr(args, key.replace(".", "__"))
@@ -162,29 +163,12 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
         flags.setdefault("eval", {})["train_data"] = args.eval_train_data
     layers.append(flags)
     layers += [parse_assignment(text) for text in args.overrides]
-    return resolve_modality(build_config(*layers))
-
-
-def _modality_recipe(args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe ``<modality>-small`` when the data is not images and no recipe was named.
-
-    The modality is ``--modality``, or detected from ``--data`` (``--set data.path=...`` and a
-    ``--config`` file are read too, so every way of naming the data gets the same defaults).
-    """
-    from simclr.config import build_config, parse_assignment, read_yaml, recipe_overrides
-    from simclr.modalities import resolve_modality
-
-    layers = [read_yaml(args.config)] if args.config else []
-    layers += [parse_assignment(text) for text in args.overrides]
-    partial = build_config(*layers)
-    data = {"modality": args.modality or partial.data.modality, "path": args.data}
-    if data["path"] is None:
-        data["path"] = partial.data.path
-    if data["modality"] == "auto":
-        data["modality"] = resolve_modality(build_config({"data": data})).data.modality
-    if data["modality"] == "image":
-        return {}
-    return recipe_overrides(f"{data['modality']}-small")
+    recipe = [recipe_overrides(args.recipe)] if args.recipe else []
+    cfg = resolve_modality(build_config(*first, *recipe, *layers))
+    if base is None and not args.recipe and cfg.data.modality != "image":
+        modality_recipe = recipe_overrides(f"{cfg.data.modality}-small")
+        cfg = resolve_modality(build_config(modality_recipe, *layers))
+    return cfg
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:

@@ -76,6 +76,14 @@ def test_resized_crop_matches_torchvision(height, width, size):
     assert (out - ref).abs().max() < TOL
 
 
+def test_resized_crop_flip_mirrors_the_selected_crops_exactly():
+    x = make_images(8, 40, 36)
+    boxes = random_boxes(8, 40, 36)
+    flip = torch.tensor([True, False] * 4)
+    out = AF.resized_crop(x, boxes, 24, flip)
+    assert torch.equal(out, AF.hflip(AF.resized_crop(x, boxes, 24), flip))
+
+
 def test_resized_crop_whole_image_same_size_is_identity():
     x = make_images(3)
     boxes = torch.tensor([[0, 0, 32, 32]] * 3)

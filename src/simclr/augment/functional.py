@@ -5,7 +5,9 @@ tensors with one entry per sample (see :mod:`simclr.augment.params`), runs on th
 device and keeps their dtype. There is no Python loop over images: per-sample behaviour comes
 from broadcasting, ``torch.where`` or index subsets (for the two expensive operations, hue and
 blur, so that unselected samples cost nothing; on CUDA this costs one host synchronisation
-each, which is negligible next to the work it saves).
+each, which is negligible next to the work it saves). On the CPU the kernels run over groups
+of samples small enough for their intermediates to stay in cache (see :func:`_group_size`);
+on accelerators every kernel sees the whole batch at once.
 
 Each kernel matches the corresponding single-image operation of
 ``torchvision.transforms.v2.functional`` for the same parameters, up to float rounding
@@ -14,6 +16,8 @@ The recipe is appendix A of Chen et al. 2020 (arXiv 2002.05709).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +39,49 @@ def _check_rgb(images: Tensor, name: str) -> None:
         raise ValueError(f"{name} needs RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
 
 
+CPU_GROUP_PIXELS = 1 << 18
+"""Pixels per plane in one group of samples on the CPU (see :func:`_group_size`).
+
+Each pass of an eager element-wise kernel reads and writes whole planes; in groups of about
+256k pixels (1 MiB per float32 plane: 5 views of 224 px, 256 of 32 px) the intermediates are
+reused from the allocator and the caches instead of being faulted in fresh from memory, while
+the fixed cost of each call stays small. Measured on one core, the views of 224 px (hue and
+blur) ran 1.75x faster than with the whole batch at once, those of 32 px 1.15x; smaller groups
+were no faster at 224 px and slower at 32 px, where the per-call cost dominates.
+"""
+
+
+def _group_size(images: Tensor) -> int:
+    """Samples per group: about :data:`CPU_GROUP_PIXELS` pixels per plane, at least one.
+
+    Only on the CPU; on accelerators one launch per kernel over the whole batch is what is
+    fast, so the group is the batch.
+    """
+    if images.device.type != "cpu":
+        return max(1, images.shape[0])
+    return max(1, CPU_GROUP_PIXELS // max(1, images.shape[-2] * images.shape[-1]))
+
+
+def _cpu_slices(images: Tensor) -> list[slice]:
+    """Consecutive groups of samples (see :func:`_group_size`)."""
+    size = _group_size(images)
+    return [slice(start, start + size) for start in range(0, images.shape[0], size)]
+
+
+def _update_selected_(
+    images: Tensor,
+    index: Tensor,
+    kernel: Callable[[Tensor, Tensor], Tensor],
+) -> Tensor:
+    """Replace ``images[index]`` by ``kernel(images[index], index)``, group by group.
+
+    Only the selected samples are read and written.
+    """
+    for group in index.split(_group_size(images)) if index.numel() else ():
+        images.index_copy_(0, group, kernel(images.index_select(0, group), group))
+    return images
+
+
 def _source_coords(start: Tensor, length: Tensor, size: int, dtype: torch.dtype) -> Tensor:
     """Input pixel coordinates sampled by a bilinear resize of ``[start, start + length)``.
 
@@ -49,7 +96,9 @@ def _source_coords(start: Tensor, length: Tensor, size: int, dtype: torch.dtype)
     return torch.minimum(torch.maximum(src, start), start + length - 1)
 
 
-def resized_crop(images: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> Tensor:
+def resized_crop(
+    images: Tensor, boxes: Tensor, size: int | tuple[int, int], flip: Tensor | None = None
+) -> Tensor:
     """Crop a box out of each image and resize it bilinearly, all in one ``grid_sample``.
 
     Equivalent to torchvision's ``resized_crop(image, top, left, height, width, size,
@@ -68,6 +117,8 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> 
         images: Float images.
         boxes: ``(top, left, height, width)`` per sample, inside the image.
         size: Output side S, or ``(height, width)``.
+        flip: Optional bool mask: these samples' crops come out mirrored left-right, as
+            :func:`hflip` of the result would give, at no cost (their grid runs right to left).
 
     Returns:
         The resized crops, in the images' dtype.
@@ -75,6 +126,7 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> 
     Shape:
         - images: ``[B, C, H, W]``
         - boxes: ``[B, 4]``
+        - flip: ``[B]``
         - output: ``[B, C, S, S]`` (or ``[B, C, height, width]``)
     """
     out_h, out_w = (size, size) if isinstance(size, int) else size
@@ -86,6 +138,8 @@ def resized_crop(images: Tensor, boxes: Tensor, size: int | tuple[int, int]) -> 
     top, left, box_h, box_w = boxes.unbind(dim=1)
     ys = _source_coords(top, box_h, out_h, dtype)
     xs = _source_coords(left, box_w, out_w, dtype)
+    if flip is not None:
+        xs = torch.where(flip.to(images.device)[:, None], xs.flip(1), xs)
     # grid_sample's normalised coordinates with align_corners=False: x_pix = ((g + 1) W - 1) / 2.
     gy = (2 * ys + 1) / height - 1
     gx = (2 * xs + 1) / width - 1
@@ -113,10 +167,7 @@ def hflip(images: Tensor, mask: Tensor) -> Tensor:
 
 def hflip_(images: Tensor, mask: Tensor) -> Tensor:
     """:func:`hflip` in place: only the selected samples are read and written."""
-    index = _selected(mask, images)
-    if index.numel() > 0:
-        images.index_copy_(0, index, images.index_select(0, index).flip(-1))
-    return images
+    return _update_selected_(images, _selected(mask, images), lambda chosen, _: chosen.flip(-1))
 
 
 def rgb_to_gray(images: Tensor) -> Tensor:
@@ -149,11 +200,9 @@ def grayscale(images: Tensor, mask: Tensor) -> Tensor:
 def grayscale_(images: Tensor, mask: Tensor) -> Tensor:
     """:func:`grayscale` in place: only the selected samples are read and written."""
     _check_rgb(images, "grayscale")
-    index = _selected(mask, images)
-    if index.numel() > 0:
-        chosen = images.index_select(0, index)
-        images.index_copy_(0, index, rgb_to_gray(chosen).expand_as(chosen))
-    return images
+    return _update_selected_(
+        images, _selected(mask, images), lambda chosen, _: rgb_to_gray(chosen).expand_as(chosen)
+    )
 
 
 def _blend(images: Tensor, other: Tensor, factor: Tensor) -> Tensor:
@@ -204,11 +253,12 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     """Rotate the hue of each sample by its shift (in turns), through HSV.
 
     RGB -> HSV with the hexcone formulas (red, then green, then blue wins ties, as PIL and
-    torchvision; hue 0 where the pixel is gray), add the shift, then HSV -> RGB with the
-    closed form ``v - (v s) clamp(min(k, 4 - k), 0, 1)``, ``k = (n + 6 h) mod 6`` for
-    ``n = 5, 3, 1`` (red, green, blue). Written with one division and one modulo instead of
-    a six-way sector gather, to keep the number of passes over memory low. Matches
-    torchvision's ``adjust_hue`` within about 2e-6.
+    torchvision; hue 0 where the pixel is gray), add the shift, then back to RGB: channel
+    ``n`` (5, 3, 1 for red, green, blue) is ``v - (v s) f((n + 6 h) mod 6)`` with the
+    trapezoid ``f(k) = clamp(min(k, 4 - k), 0, 1)``. Written with one division, one modulo
+    and no six-way sector gather, to keep the number of passes over memory low; on the CPU it
+    runs in cache-sized groups of samples (:func:`_group_size`). Matches torchvision's
+    ``adjust_hue`` within about 2e-6.
 
     Shape:
         - images: ``[B, 3, H, W]``
@@ -216,8 +266,15 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
         - output: ``[B, 3, H, W]``
     """
     _check_rgb(images, "adjust_hue")
-    if images.shape[0] == 0:
-        return images.clone()
+    shift = shift.to(device=images.device, dtype=images.dtype)
+    everything = torch.arange(images.shape[0], device=images.device)
+    return _update_selected_(
+        images.clone(), everything, lambda chosen, group: _rotate_hue(chosen, shift[group])
+    )
+
+
+def _rotate_hue(images: Tensor, shift: Tensor) -> Tensor:
+    """:func:`adjust_hue` of one group, into a new tensor."""
     r, g, b = images.unbind(dim=1)
     # element-wise over the three planes: faster than a reduction across the channel dim
     max_c = torch.maximum(torch.maximum(r, g), b)
@@ -232,13 +289,18 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     hue = torch.lerp((r - g).add_(chroma, alpha=4), (b - r).add_(chroma, alpha=2), is_green)
     hue = torch.lerp(hue, g - b, is_red)
     hue.div_(chroma.clamp_min(torch.finfo(images.dtype).tiny))
-    hue.add_(_per_sample(shift, images).squeeze(1), alpha=6)
-    n = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    k = hue.unsqueeze(1) + n
-    k -= 6 * torch.floor(k / 6)  # k mod 6, cheaper than torch.remainder on the CPU
-    ramp = torch.minimum(k, 4 - k).clamp_(0, 1)
-    rgb = torch.addcmul(max_c.unsqueeze(1), ramp, chroma.unsqueeze(1), value=-1)
-    return rgb.clamp_(0, 1)
+    hue.add_(shift.view(-1, 1, 1), alpha=6)
+    hue.sub_(torch.floor(hue / 6), alpha=6)  # mod 6, cheaper than torch.remainder on the CPU
+    # f((n + h) mod 6) is 1 - distance of (n + h) to 5 around the circle of length 6, clamped
+    # to [0, 1]; with h in [0, 6] that distance is 3 - ||h + n - 5| - 3| for every channel,
+    # so only one plane needed the modulo.
+    out = torch.empty_like(images)
+    for channel, offset in enumerate((0.0, -2.0, -4.0)):  # red, green, blue
+        # plane by plane: broadcasting one plane against three is slow on the CPU
+        ramp = hue.add(offset).abs_().sub_(3).abs_().neg_().add_(2).clamp_(0, 1)
+        # v - c f stays in [min, max] (c = v - min), so no clamp is needed after it.
+        torch.addcmul(max_c, ramp, chroma, value=-1, out=out[:, channel])
+    return out
 
 
 def color_jitter(
@@ -256,9 +318,8 @@ def color_jitter(
     Brightness, contrast and saturation are all a blend ``f x + (1 - f) t`` with ``t`` = 0,
     the mean gray level or the gray image, so one step applies whichever of the three each
     sample needs in a single fused pass, ``f x + a gray + m mean`` with per-sample
-    coefficients (zero for the terms a sample does not use, and ``f = 1`` for samples whose
-    step is hue or whose jitter is off, which leaves them exactly unchanged). Hue, the
-    expensive operation, runs only on the samples whose step is hue.
+    coefficients (zero for the terms a sample does not use). Each step reads and writes only
+    the samples it changes: samples whose jitter is off are never touched.
 
     Args:
         images: Float RGB images in [0, 1].
@@ -291,27 +352,41 @@ def color_jitter_(
     factors = torch.stack([params.brightness, params.contrast, params.saturation], dim=1)
     factors = factors.to(device=device, dtype=dtype)
     blend_active = torch.tensor(active[:3], device=device)
-    x = images
+    hue = params.hue.to(device=device, dtype=dtype)
     for step in range(4):
         op = torch.where(apply, order[:, step], torch.full_like(order[:, step], -1))
-        if any(active[:3]):  # every sample in one in-place pass; f = 1 leaves it unchanged
+        if any(active[:3]):  # brightness, contrast or saturation: one fused pass per sample
             blend_op = op.clamp(BRIGHTNESS, SATURATION)
             is_blend = (op >= 0) & (op < HUE) & blend_active[blend_op]
             factor = factors.gather(1, blend_op[:, None]).squeeze(1)
             factor = torch.where(is_blend, factor, torch.ones_like(factor))
-            rest = 1 - factor  # weight of the blend target; 0 when unchanged
+            rest = 1 - factor  # weight of the blend target; 0 leaves the sample unchanged
             gray_coef = torch.where(op == SATURATION, rest, torch.zeros_like(rest))
             mean_coef = torch.where(op == CONTRAST, rest, torch.zeros_like(rest))
-            gray = rgb_to_gray(x)
-            mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-            x.mul_(factor.view(-1, 1, 1, 1)).addcmul_(gray, gray_coef.view(-1, 1, 1, 1))
-            x.add_(mean * mean_coef.view(-1, 1, 1, 1)).clamp_(0, 1)
+            coefs = torch.stack([factor, gray_coef, mean_coef]).view(3, -1, 1, 1, 1)
+            # In place over consecutive samples: cheaper than gathering the ones that blend.
+            for part in _cpu_slices(images):
+                _blend_(images[part], coefs[:, part])
         if active[HUE]:
-            index = (op == HUE).nonzero().squeeze(1)
-            if index.numel() > 0:
-                shifted = adjust_hue(x.index_select(0, index), params.hue.to(device)[index])
-                x.index_copy_(0, index, shifted)
-    return x
+            _update_selected_(
+                images,
+                (op == HUE).nonzero().squeeze(1),
+                lambda x, group: _rotate_hue(x, hue[group]),
+            )
+    return images
+
+
+def _blend_(images: Tensor, coefs: Tensor) -> Tensor:
+    """``f x + a gray(x) + m mean(gray(x))`` in place, clamped to [0, 1].
+
+    ``coefs`` holds ``(f, a, m)`` per sample, ``[3, B, 1, 1, 1]``: brightness is ``(f, 0, 0)``,
+    saturation ``(f, 1 - f, 0)``, contrast ``(f, 0, 1 - f)`` and ``(1, 0, 0)`` no change.
+    """
+    factor, gray_coef, mean_coef = coefs
+    gray = rgb_to_gray(images)
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    images.mul_(factor).addcmul_(gray, gray_coef).add_(mean * mean_coef)
+    return images.clamp_(0, 1)
 
 
 def gaussian_kernels(sigma: Tensor, kernel_size: int, dtype: torch.dtype) -> Tensor:
@@ -373,12 +448,12 @@ def gaussian_blur(
 def gaussian_blur_(images: Tensor, sigma: Tensor, kernel_size: int, mask: Tensor) -> Tensor:
     """:func:`gaussian_blur` of the samples selected by ``mask``, written back in place."""
     _check_blur_kernel(images, kernel_size)
-    index = _selected(mask, images)
-    if index.numel() > 0:
-        sub_sigma = sigma.to(images.device)[index]
-        blurred = _blur_all(images.index_select(0, index), sub_sigma, kernel_size)
-        images.index_copy_(0, index, blurred)
-    return images
+    sigma = sigma.to(images.device)
+    return _update_selected_(
+        images,
+        _selected(mask, images),
+        lambda chosen, group: _blur_all(chosen, sigma[group], kernel_size),
+    )
 
 
 def _check_blur_kernel(images: Tensor, kernel_size: int) -> None:

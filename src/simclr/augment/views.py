@@ -146,16 +146,14 @@ class SimCLRViews(nn.Module):
             views = images.transpose(0, 1).reshape(2 * n, *images.shape[2:])
             x = _to_float(views)
             params = self.sample_params(2 * n, size, size, images.device)
+            flipped = False
         elif images.ndim == 4:
             n, _, height, width = images.shape
             params = self.sample_params(2 * n, height, width, images.device)
-            source = _to_float(images, copy=False)  # the crops below write new buffers
-            x = torch.cat(
-                [
-                    AF.resized_crop(source, params.boxes[:n], size),
-                    AF.resized_crop(source, params.boxes[n:], size),
-                ]
-            )
+            # Both views of every image in one grid_sample; the flip is folded into its grid.
+            pairs = images.unsqueeze(0).expand(2, *images.shape).reshape(2 * n, *images.shape[1:])
+            x = AF.resized_crop(_to_float(pairs, copy=False), params.boxes, size, params.flip)
+            flipped = True
         else:
             raise ValueError(
                 f"images must be [B, C, H, W] or [B, 2, C, S, S], got {tuple(images.shape)}"
@@ -164,7 +162,7 @@ class SimCLRViews(nn.Module):
             x = x.expand(-1, 3, -1, -1).contiguous()
         elif x.shape[1] != 3:
             raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
-        x = self._augment_colors_(x, params)
+        x = self._augment_colors_(x, params, flip=not flipped)
         return x[:n], x[n:]
 
     def augment_colors(self, x: Tensor, params: ViewParams) -> Tensor:
@@ -178,10 +176,13 @@ class SimCLRViews(nn.Module):
         """
         return self._augment_colors_(x.clone(), params)
 
-    def _augment_colors_(self, x: Tensor, params: ViewParams) -> Tensor:
-        """:meth:`augment_colors` in place, on a buffer this module owns."""
+    def _augment_colors_(self, x: Tensor, params: ViewParams, *, flip: bool = True) -> Tensor:
+        """:meth:`augment_colors` in place, on a buffer this module owns.
+
+        ``flip=False`` when the crop already mirrored the views (see ``AF.resized_crop``).
+        """
         cfg = self.cfg
-        if cfg.flip_p > 0:
+        if flip and cfg.flip_p > 0:
             AF.hflip_(x, params.flip)
         if cfg.jitter_p > 0 and any(self._jitter_ops):
             AF.color_jitter_(x, params, self._jitter_ops)

@@ -236,7 +236,7 @@ def _crop_flip(
     x = images.float().div_(255)
     params = sample_view_params(len(x), x.shape[-2], x.shape[-1], augment, generator)
     if crop:
-        x = AF.resized_crop(x, params.boxes, augment.size)
+        return AF.resized_crop(x, params.boxes, augment.size, params.flip)
     return AF.hflip(x, params.flip)
 
 

@@ -91,10 +91,15 @@ def test_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda a, b: nt_xent(a, b, 0.5), (z1, z2))
 
 
+@pytest.mark.parametrize("unshifted_max_scale", [40.0, 0.0])  # unshifted, or shifted by row maxima
 @pytest.mark.parametrize("block_elements", [1, 13, 24, 1 << 22])
-def test_blocks_of_rows_give_the_same_loss_and_gradients(block_elements, monkeypatch) -> None:
+def test_blocks_of_rows_give_the_same_loss_and_gradients(
+    block_elements, unshifted_max_scale, monkeypatch
+) -> None:
     # 2N = 12 anchors x 12 candidates: blocks of 1 row, of 1 row again (13 // 12), of 2 rows, of all
     monkeypatch.setattr(losses, "BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(losses, "UNSHIFTED_MAX_SCALE", unshifted_max_scale)
+    monkeypatch.setattr(losses, "SYMMETRIC_TILE", 5)  # one block: tiles of 5, 5 and 2 rows
     z1, z2 = _pair(seed=9)
     a1, a2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
     b1, b2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
@@ -130,6 +135,18 @@ def test_stable_at_low_temperature() -> None:
     assert z1.grad is not None and torch.isfinite(z1.grad).all()
     expected = nt_xent(z1.detach().double(), z2.double(), 0.01)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_unshifted_exponentials_are_exact_at_their_limit_for_opposite_views() -> None:
+    # t = 0.025 is the smallest temperature whose logits are not shifted by the row max: with
+    # every positive pointing away from its anchor the logits reach -1/t, exp(-40) ~ 4e-18.
+    z1, z2 = _pair(n=4, d=8, seed=12, dtype=torch.float32)
+    z1 = z1.requires_grad_()
+    loss = nt_xent(z1, -z1.detach(), 1 / losses.UNSHIFTED_MAX_SCALE)
+    loss.backward()
+    expected = reference_nt_xent(z1.detach().double(), -z1.detach().double(), 0.025)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert z1.grad is not None and torch.isfinite(z1.grad).all()
 
 
 def test_bf16_inputs_are_computed_in_float32() -> None:

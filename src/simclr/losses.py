@@ -113,6 +113,15 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) 
 BLOCK_ELEMENTS = 1 << 22
 """Largest similarity block held at once (16 MiB of float32): rows per block = this / 2M."""
 
+UNSHIFTED_MAX_SCALE = 40.0
+"""Largest 1/t for which the exponentials are taken of the logits as they are.
+
+Cosine logits lie in [-1/t, 1/t]; for 1/t <= 40, ``exp`` of them lies in [4e-18, 2e17], normal
+float32 numbers whose row sums cannot overflow, so the usual shift by each row's max (one more
+pass over the matrix to find it, and one to subtract it) is not needed. Lower temperatures
+(t < 0.025) are shifted.
+"""
+
 
 class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of the rows of ``scale * anchors @ candidates.T``, self masked.
@@ -122,11 +131,15 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
     ``P @ candidates - candidates[pos]`` and ``P.T @ anchors`` less the anchors added back at
     their positives' rows: no (2N, 2M) gradient matrix is ever formed.
 
-    When the whole (2N, 2M) matrix fits in :data:`BLOCK_ELEMENTS`, its softmax, computed in
-    place over the logits, is kept for the backward pass (one matrix in all). Larger batches
-    are processed in row blocks of at most that size: the forward pass keeps only each row's
-    log-sum-exp, and the backward pass recomputes each block's softmax from it. Peak memory is
-    then one block, and the exp passes run while the block is in cache.
+    When the whole (2N, 2M) matrix fits in :data:`BLOCK_ELEMENTS`, its exponentials
+    ``E = exp(logits)`` (shifted for low temperatures), computed in place over the logits, are
+    kept for the backward pass (one matrix in all) with each row's ``w = 1 / sum(E)``: the
+    softmax ``P = diag(w) E`` is never divided out, ``w`` goes on the (2N, D) operands and
+    results instead. In one process, ``P + P.T`` is formed tile by tile for a single product
+    (:func:`_symmetric_product`). Larger batches are processed in row blocks of at most that
+    size: the forward pass keeps only each row's log-sum-exp, and the backward pass recomputes
+    each block's softmax from it. Peak memory is then one block, and the exp passes run while
+    the block is in cache.
     """
 
     @staticmethod
@@ -143,11 +156,20 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
         positive = anchors.new_empty(rows)  # (2N,) each anchor's positive logit
         blocks = _row_blocks(rows, candidates.shape[0])
         for block in blocks:
-            logits = _masked_logits(anchors, candidates, self_cols, scale, block)  # (R, 2M)
+            logits = _masked_logits(anchors, candidates, self_cols, scale, block)
             positive[block] = logits.gather(1, pos_cols[block, None]).squeeze(1)
-            lse[block] = _softmax_(logits)  # the logits become the softmax P
-        kept = logits if len(blocks) == 1 else anchors.new_empty(0)
-        ctx.save_for_backward(anchors, candidates, pos_cols, self_cols, lse, kept)
+            if scale <= UNSHIFTED_MAX_SCALE:
+                total = logits.exp_().sum(dim=1)  # (R,); the logits become E
+                lse[block] = total.log()
+            else:  # shifted by each row's max: exp never overflows or underflows to all zeros
+                shift = logits.amax(dim=1, keepdim=True)  # (R, 1)
+                total = logits.sub_(shift).exp_().sum(dim=1)
+                lse[block] = shift.squeeze(1) + total.log()
+        if len(blocks) == 1:  # keep E and its row weights 1 / sum(E) for the backward pass
+            kept, weights = logits, total.reciprocal_()
+        else:
+            kept = weights = anchors.new_empty(0)
+        ctx.save_for_backward(anchors, candidates, pos_cols, self_cols, lse, kept, weights)
         ctx.scale = scale
         # one process: the candidates are the anchors themselves (one tensor, passed twice)
         ctx.symmetric = candidates is anchors and len(blocks) == 1
@@ -160,40 +182,56 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
                 "nt_xent does not support double backward (create_graph=True): its backward "
                 "is written by hand for memory"
             )
-        anchors, candidates, pos_cols, self_cols, lse, kept = ctx.saved_tensors
+        anchors, candidates, pos_cols, self_cols, lse, kept, weights = ctx.saved_tensors
         rows = anchors.shape[0]
         factor = grad_loss * ctx.scale / rows  # d loss / d logits carries 1 / rows; logits, 1/t
-        if ctx.symmetric:
-            # Both gradients land on the same tensor: P @ A + P.T @ A, and the positives' terms
-            # -A[pos] (as anchor) and -A[pos] (as positive of pos: pos is its own inverse),
-            # fused into two multiply-adds with no second (2N, 2N) matrix.
-            with _autocast_off(anchors.device):
-                grad = torch.addmm(anchors[pos_cols], kept, anchors, beta=-2.0)  # (2N, D)
-                grad.addmm_(kept.T, anchors)
-            return grad.mul_(factor), None, None, None, None
-        grad_anchors = torch.empty_like(anchors)
-        grad_candidates = torch.zeros_like(candidates)
         with _autocast_off(anchors.device):  # a backward called under autocast stays float32
+            if ctx.symmetric:
+                # Both gradients land on the same tensor: (P + P.T) @ A with P = diag(w) E, and
+                # the positives' terms -A[pos] (as anchor) and -A[pos] (as positive of pos: pos
+                # is its own inverse). One matrix product's work instead of two.
+                grad = _symmetric_product(kept, weights, anchors)  # (2N, D)
+                grad.sub_(anchors[pos_cols], alpha=2.0)
+                return grad.mul_(factor), None, None, None, None
+            grad_anchors = torch.empty_like(anchors)
+            grad_candidates = torch.zeros_like(candidates)
             for block in _row_blocks(rows, candidates.shape[0]):
                 if kept.numel():
-                    probs = kept
+                    exps, row_weights = kept, weights[:, None]
                 else:  # recompute this block's softmax from the saved log-sum-exp
-                    probs = _masked_logits(anchors, candidates, self_cols, ctx.scale, block)
-                    probs.sub_(lse[block, None]).exp_()  # exp(-inf) = 0 on the self column
+                    exps = _masked_logits(anchors, candidates, self_cols, ctx.scale, block)
+                    exps.sub_(lse[block, None]).exp_()  # exp(-inf) = 0 on the self column
+                    row_weights = anchors.new_ones(1, 1)
                 positives = pos_cols[block]
-                torch.mm(probs, candidates, out=grad_anchors[block])  # (R, D)
-                grad_anchors[block] -= candidates[positives]
-                grad_candidates.addmm_(probs.T, anchors[block])  # (2M, D)
+                torch.mm(exps, candidates, out=grad_anchors[block])  # (R, D)
+                grad_anchors[block].mul_(row_weights).sub_(candidates[positives])
+                grad_candidates.addmm_(exps.T, anchors[block] * row_weights)  # (2M, D)
                 grad_candidates.index_add_(0, positives, anchors[block], alpha=-1.0)
         return grad_anchors.mul_(factor), grad_candidates.mul_(factor), None, None, None
 
 
-def _softmax_(logits: Tensor) -> Tensor:
-    """Turn each row of ``logits`` into its softmax, in place; return the rows' log-sum-exp."""
-    peak = logits.amax(dim=1, keepdim=True)  # (R, 1): exp never overflows
-    total = logits.sub_(peak).exp_().sum(dim=1, keepdim=True)  # (R, 1)
-    logits.div_(total)
-    return (peak + total.log()).squeeze(1)
+SYMMETRIC_TILE = 256
+"""Side of the square tiles of :func:`_symmetric_product` (256 KiB of float32)."""
+
+
+def _symmetric_product(exps: Tensor, weights: Tensor, anchors: Tensor) -> Tensor:
+    """``(diag(w) E + E.T diag(w)) @ A`` for a square ``E``, which is left unchanged.
+
+    The symmetric matrix is formed one pair of tiles at a time (a tile-sized temporary; no
+    second (2N, 2N) matrix) and each tile serves both of its halves' products.
+    """
+    side = exps.shape[0]
+    out = torch.zeros_like(anchors)
+    for top in range(0, side, SYMMETRIC_TILE):
+        rows = slice(top, top + SYMMETRIC_TILE)
+        for left in range(top, side, SYMMETRIC_TILE):
+            cols = slice(left, left + SYMMETRIC_TILE)
+            tile = exps[rows, cols] * weights[rows, None]
+            tile.addcmul_(exps[cols, rows].T, weights[None, cols])
+            out[rows].addmm_(tile, anchors[cols])
+            if left != top:
+                out[cols].addmm_(tile.T, anchors[rows])
+    return out
 
 
 def _row_blocks(rows: int, columns: int) -> list[slice]:

@@ -135,11 +135,11 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
     ``E = exp(logits)`` (shifted for low temperatures), computed in place over the logits, are
     kept for the backward pass (one matrix in all) with each row's ``w = 1 / sum(E)``: the
     softmax ``P = diag(w) E`` is never divided out, ``w`` goes on the (2N, D) operands and
-    results instead. In one process, ``P + P.T`` is formed tile by tile for a single product
-    (:func:`_symmetric_product`). Larger batches are processed in row blocks of at most that
-    size: the forward pass keeps only each row's log-sum-exp, and the backward pass recomputes
-    each block's softmax from it. Peak memory is then one block, and the exp passes run while
-    the block is in cache.
+    results instead. In one process ``E`` is symmetric, so ``P + P.T`` is formed tile by tile
+    for a single product (:func:`_symmetric_product`). Larger batches are processed in row
+    blocks of at most that size: the forward pass keeps only each row's log-sum-exp, and the
+    backward pass recomputes each block's softmax from it. Peak memory is then one block, and
+    the exp passes run while the block is in cache.
     """
 
     @staticmethod
@@ -171,8 +171,9 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
             kept = weights = anchors.new_empty(0)
         ctx.save_for_backward(anchors, candidates, pos_cols, self_cols, lse, kept, weights)
         ctx.scale = scale
-        # one process: the candidates are the anchors themselves (one tensor, passed twice)
-        ctx.symmetric = candidates is anchors and len(blocks) == 1
+        # one process, unshifted: the candidates are the anchors themselves (one tensor, passed
+        # twice) and E is symmetric
+        ctx.symmetric = candidates is anchors and len(blocks) == 1 and scale <= UNSHIFTED_MAX_SCALE
         return (lse - positive).mean()
 
     @staticmethod
@@ -215,10 +216,12 @@ SYMMETRIC_TILE = 256
 
 
 def _symmetric_product(exps: Tensor, weights: Tensor, anchors: Tensor) -> Tensor:
-    """``(diag(w) E + E.T diag(w)) @ A`` for a square ``E``, which is left unchanged.
+    """``(diag(w) E + E.T diag(w)) @ A`` for a symmetric ``E``: ``(E * (w_i + w_j)) @ A``.
 
-    The symmetric matrix is formed one pair of tiles at a time (a tile-sized temporary; no
-    second (2N, 2N) matrix) and each tile serves both of its halves' products.
+    ``E = exp(A A.T / t)`` is symmetric up to rounding, so each tile of the upper triangle
+    serves both of its halves' products: one matrix product's work instead of two. The
+    weighted tiles are tile-sized temporaries; no second (2N, 2N) matrix is made and ``E`` is
+    left unchanged.
     """
     side = exps.shape[0]
     out = torch.zeros_like(anchors)
@@ -226,8 +229,8 @@ def _symmetric_product(exps: Tensor, weights: Tensor, anchors: Tensor) -> Tensor
         rows = slice(top, top + SYMMETRIC_TILE)
         for left in range(top, side, SYMMETRIC_TILE):
             cols = slice(left, left + SYMMETRIC_TILE)
-            tile = exps[rows, cols] * weights[rows, None]
-            tile.addcmul_(exps[cols, rows].T, weights[None, cols])
+            block = exps[rows, cols]
+            tile = torch.addcmul(block * weights[rows, None], block, weights[None, cols])
             out[rows].addmm_(tile, anchors[cols])
             if left != top:
                 out[cols].addmm_(tile.T, anchors[rows])

@@ -13,7 +13,8 @@ Parts (each reports medians of interleaved repeats, so machine drift hits all va
             image, at 32 px (cifar recipe) and 224 px (imagenet recipe, blur on)
   loss      NTXentLoss forward+backward time and peak memory vs lightly's, N = 256/1024/4096
   step      a full training step vs the bare backbone forward+backward on the same 2B images
-  pipeline  pretraining images/s from the CIFAR-10 JPEG folder vs the step-only images/s
+  pipeline  pretraining images/s from the CIFAR-10 JPEG folder vs the step-only images/s, and
+            the fraction of the pretraining time spent waiting for batches (logged as data_wait)
   e2e       pretraining images/s vs lightly's SimCLR loop (same network, batch, recipe, data)
   flags     channels_last, bf16 autocast and torch.compile, each on and off, for the step
 
@@ -48,7 +49,7 @@ from simclr.optim import build_optimizer
 from simclr.train import training_step
 
 PARTS = ("views", "loss", "step", "pipeline", "e2e", "flags")
-PIPELINE_ROUNDS = 2
+PIPELINE_ROUNDS = 3
 """Rounds of (step-only, pretraining, step-only) in the pipeline part; its ratio is their median."""
 LOSS_SIZES = (256, 1024, 4096)
 LOSS_DIM = 128
@@ -373,11 +374,13 @@ def _pretrain_images_per_s(
         pretrain(cfg, Path(tmp) / "run")
         wall = time.perf_counter() - started
         lines = (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()
-    rates = [json.loads(line)["images_per_s"] for line in lines][2:]  # after 10 warm-up steps
+    records = [json.loads(line) for line in lines][2:]  # after 10 warm-up steps
     return {
         "steps": args.steps,
         "batch": cfg.train.batch_size,
-        "median_images_per_s": statistics.median(rates),
+        "median_images_per_s": statistics.median(r["images_per_s"] for r in records),
+        # fraction of each logging window the loop waited for its next batch: drift-free
+        "median_data_wait": statistics.median(r["data_wait"] for r in records),
         "wall_s_including_decoding": round(wall, 1),
     }
 
@@ -405,6 +408,9 @@ def part_pipeline(args: argparse.Namespace, device: torch.device) -> dict[str, A
     return {
         "rounds": rounds,
         "ratio": round(statistics.median(r["ratio"] for r in rounds), 3),
+        "median_data_wait": statistics.median(
+            r["pretrain_from_jpeg_folder"]["median_data_wait"] for r in rounds
+        ),
     }
 
 

@@ -64,6 +64,23 @@ def tiny_config(folder, **train):
     return build_config(TINY, {"data": {"path": str(folder)}, "train": train})
 
 
+def test_data_wait_shows_a_loader_that_starves_the_step(image_folder, tmp_path, monkeypatch):
+    from simclr.modalities.image import ImageModality
+
+    batches = ImageModality.train_batches
+
+    def slow_batches(self, *args, **kwargs):
+        for batch in batches(self, *args, **kwargs):
+            time.sleep(0.5)  # a loader far slower than a step of the tiny network
+            yield batch
+
+    monkeypatch.setattr(ImageModality, "train_batches", slow_batches)
+    pretrain(tiny_config(image_folder, max_steps=3, log_every=1), tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    waits = [json.loads(line)["data_wait"] for line in lines]
+    assert len(waits) == 3 and all(0.5 < wait <= 1 for wait in waits[1:])
+
+
 def test_pretrain_writes_logs_checkpoint_and_knn(image_folder, tmp_path):
     cfg = build_config(
         TINY,
@@ -78,8 +95,9 @@ def test_pretrain_writes_logs_checkpoint_and_knn(image_folder, tmp_path):
     assert summary["steps"] == 4
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
-    for key in ("step", "epoch", "loss", "lr", "images_per_s", "elapsed_s"):
+    for key in ("step", "epoch", "loss", "lr", "images_per_s", "data_wait", "elapsed_s"):
         assert key in records[0]
+    assert all(0 <= r["data_wait"] <= 1 for r in records)
     assert all(r["loss"] > 0 for r in records)
     state = load_checkpoint(run)
     assert state["step"] == 4 and state["config"]["train"]["max_steps"] == 4

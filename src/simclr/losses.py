@@ -230,7 +230,7 @@ def _symmetric_product(exps: Tensor, weights: Tensor, anchors: Tensor) -> Tensor
         for left in range(top, side, SYMMETRIC_TILE):
             cols = slice(left, left + SYMMETRIC_TILE)
             block = exps[rows, cols]
-            tile = torch.addcmul(block * weights[rows, None], block, weights[None, cols])
+            tile = (block * weights[rows, None]).addcmul_(block, weights[None, cols])
             out[rows].addmm_(tile, anchors[cols])
             if left != top:
                 out[cols].addmm_(tile.T, anchors[rows])

@@ -207,6 +207,7 @@ def pretrain(
     start_time = time.perf_counter()
     timing_start: tuple[int, float] | None = None  # (step, time) after the warm-up steps
     window = (step, start_time)
+    data_wait = 0.0  # seconds of the current logging window spent waiting for the next batch
 
     def elapsed() -> float:
         return elapsed_before + time.perf_counter() - start_time
@@ -235,6 +236,7 @@ def pretrain(
         while not budget.done(step, clock):
             epoch, offset = divmod(step, budget.steps_per_epoch)
             step_at_epoch_start = step
+            fetch_started = time.perf_counter()
             for batch, skipped in modality.train_batches(
                 dataset,
                 batch_size=tcfg.batch_size,
@@ -245,6 +247,7 @@ def pretrain(
                 rank=rank,
                 world_size=world,
             ):
+                data_wait += time.perf_counter() - fetch_started  # the step starved this long
                 skipped_files += skipped
                 length = len(batch[0])
                 if world > 1:  # unreadable files may shorten one rank's batch: cut all alike
@@ -290,14 +293,17 @@ def pretrain(
                             "train.precision=fp32"
                         )
                     now = time.perf_counter()
-                    rate = tcfg.batch_size * (step - window[0]) / max(now - window[1], 1e-9)
-                    window = (step, now)
+                    window_s = max(now - window[1], 1e-9)
+                    rate = tcfg.batch_size * (step - window[0]) / window_s
+                    wait_fraction = min(data_wait / window_s, 1.0)
+                    window, data_wait = (step, now), 0.0
                     record = {
                         "step": step,
                         "epoch": step / budget.steps_per_epoch,
                         "loss": loss_value,
                         "lr": lr,
                         "images_per_s": round(rate, 1),
+                        "data_wait": round(wait_fraction, 4),
                         "elapsed_s": round(clock, 2),
                         "planned_steps": total_steps,
                     }
@@ -311,6 +317,7 @@ def pretrain(
                     raise KeyboardInterrupt("stop requested")
                 if budget.done(step, clock):
                     break
+                fetch_started = time.perf_counter()
             if step == step_at_epoch_start:
                 raise UserError(f"no readable items in {cfg.data.path} (all files failed)")
         checkpoint()

@@ -18,7 +18,7 @@ else PY=python3; fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT_DIR/gpu-info.csv" 2>&1
 cd benchmarks
 status=0
-timeout 270 "$PY" suite.py --device cuda --recipe cifar10-resnet18 --steps 60 \
+timeout 270 "$PY" suite.py --device cuda --recipe cifar10-resnet18 --steps 60 --pipeline-rounds 1 \
     --out "$OUT_DIR/suite-gpu-resnet18-32px.json" || { echo "resnet18 suite failed"; status=1; }
 timeout 210 "$PY" suite.py --device cuda --recipe imagenet-resnet50 --batch-size 256 \
     --parts views,loss,step,flags --out "$OUT_DIR/suite-gpu-resnet50-224px.json" \

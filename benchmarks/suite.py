@@ -49,8 +49,6 @@ from simclr.optim import build_optimizer
 from simclr.train import training_step
 
 PARTS = ("views", "loss", "step", "pipeline", "e2e", "flags")
-PIPELINE_ROUNDS = 3
-"""Rounds of (step-only, pretraining, step-only) in the pipeline part; its ratio is their median."""
 LOSS_SIZES = (256, 1024, 4096)
 LOSS_DIM = 128
 TEMPERATURE = 0.2
@@ -390,9 +388,9 @@ def part_pipeline(args: argparse.Namespace, device: torch.device) -> dict[str, A
     if data is None:
         return {"skipped": f"no {args.archive}"}
     # Step-only throughput measured just before and just after each pretraining run, so drift
-    # cancels; PIPELINE_ROUNDS rounds, as drift on a shared machine can exceed 10 % per minute.
+    # cancels; several rounds, as drift on a shared machine can exceed 10 % per minute.
     rounds = []
-    for _ in range(PIPELINE_ROUNDS):
+    for _ in range(args.pipeline_rounds):
         before = part_step(args, device)["step_images_per_s"]
         e2e = _pretrain_images_per_s(args, device, data)
         after = part_step(args, device)["step_images_per_s"]
@@ -493,6 +491,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="override the recipe's batch")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=60, help="steps of the pretraining parts")
+    parser.add_argument(
+        "--pipeline-rounds", type=int, default=3, help="pipeline part: rounds, median ratio"
+    )
     add_data_arguments(parser)  # --archive, --cache, --recipe (network and views of the step)
     parser.add_argument("--out", type=Path, help="JSON file to write")
     args = parser.parse_args()

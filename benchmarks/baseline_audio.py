@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclr.config import Config, build_config, recipe_overrides
+from simclr.config import Config, recipe_overrides
 from simclr.data.items import TensorItems
 from simclr.evaluate.features import Features
 from simclr.evaluate.knn import knn_accuracy
@@ -105,7 +105,7 @@ def baseline(train: TensorItems, test: TensorItems, cfg: Config) -> dict[str, fl
 
 def main() -> None:
     """Arrange FSDD, read it as the ``audio-small`` recipe does and print the baseline."""
-    from simclr.modalities import modality_for
+    from splits import open_splits
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=FSDD_ARCHIVE)
@@ -114,11 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = prepare_fsdd(args.archive, args.root)
-    cfg = build_config(recipe_overrides(args.recipe), {"data": {"path": str(root)}})
-    modality = modality_for(cfg)
-    train, fitted = modality.open(str(root), split="train")
-    test, _ = modality.open(str(root), split="test", fitted=fitted)
-    assert isinstance(train, TensorItems) and isinstance(test, TensorItems)
+    cfg, train, test, _ = open_splits(str(root), recipe_overrides(args.recipe))
     print(json.dumps(baseline(train, test, cfg), indent=2))
 
 

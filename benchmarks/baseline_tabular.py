@@ -23,7 +23,7 @@ import json
 import torch
 import torch.nn.functional as F
 
-from simclr.config import Config, build_config, recipe_overrides
+from simclr.config import Config, recipe_overrides
 from simclr.data.items import TensorItems
 from simclr.evaluate.features import Features
 from simclr.evaluate.knn import knn_accuracy
@@ -76,7 +76,7 @@ def baseline(train: TensorItems, test: TensorItems, cfg: Config) -> dict[str, fl
 
 def main() -> None:
     """Print the baselines of the given tables (default :data:`DATASETS`) as JSON."""
-    from simclr.modalities.tabular import TabularModality
+    from splits import open_splits
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="*", default=list(DATASETS))
@@ -84,11 +84,7 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {}
     for spec in args.data:
-        cfg = build_config(recipe_overrides("tabular-small"), {"data": {"path": spec}})
-        modality = TabularModality(cfg)
-        train, fitted = modality.open(spec, split="train")
-        test, _ = modality.open(spec, split="test", fitted=fitted)
-        assert isinstance(train, TensorItems) and isinstance(test, TensorItems)
+        cfg, train, test, _ = open_splits(spec, recipe_overrides("tabular-small"))
         results[spec] = {"rows": len(train) + len(test), **baseline(train, test, cfg)}
     print(json.dumps(results, indent=2))
 

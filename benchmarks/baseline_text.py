@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclr.config import Config, build_config
+from simclr.config import Config
 from simclr.data.items import TensorItems
 from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.knn import knn_accuracy
@@ -83,14 +83,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
     args = parser.parse_args()
-    cfg = build_config(
-        {"data": {"path": str(args.data), "modality": "text"}, "model": {"backbone": "transformer"}}
-    )
-    modality = modality_for(cfg)
+    from splits import open_splits
+
     began = time.time()
-    train, fitted = modality.open(cfg.data.path, split="train")
-    test, _ = modality.open(cfg.data.path, split="test", fitted=fitted)
-    assert isinstance(train, TensorItems) and isinstance(test, TensorItems)
+    cfg, train, test, _ = open_splits(
+        str(args.data), {"data": {"modality": "text"}, "model": {"backbone": "transformer"}}
+    )
     result = baseline(train, test, cfg)
     result["seconds"] = round(time.time() - began, 1)
     json.dump(result, sys.stdout)

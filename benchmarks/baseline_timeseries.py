@@ -25,7 +25,7 @@ import json
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from simclr.config import Config, build_config, recipe_overrides
+from simclr.config import Config, recipe_overrides
 from simclr.data.items import TensorItems
 from simclr.evaluate.features import Features
 from simclr.evaluate.knn import knn_accuracy
@@ -83,7 +83,7 @@ def baseline(train: TensorItems, test: TensorItems, cfg: Config) -> dict[str, fl
 
 def main() -> None:
     """Print the baselines of the given aeon datasets (default :data:`DATASETS`) as JSON."""
-    from simclr.modalities.timeseries import TimeSeriesModality
+    from splits import open_splits
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="*", default=list(DATASETS))
@@ -91,11 +91,7 @@ def main() -> None:
     torch.set_num_threads(1)
     results = {}
     for spec in args.data:
-        cfg = build_config(recipe_overrides("timeseries-small"), {"data": {"path": spec}})
-        modality = TimeSeriesModality(cfg)
-        train, fitted = modality.open(spec, split="train")
-        test, _ = modality.open(spec, split="test", fitted=fitted)
-        assert isinstance(train, TensorItems) and isinstance(test, TensorItems)
+        cfg, train, test, fitted = open_splits(spec, recipe_overrides("timeseries-small"))
         results[spec] = {"length": fitted["length"], **baseline(train, test, cfg)}
     print(json.dumps(results, indent=2))
 

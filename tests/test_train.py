@@ -74,11 +74,17 @@ def test_data_wait_shows_a_loader_that_starves_the_step(image_folder, tmp_path, 
             time.sleep(0.5)  # a loader far slower than a step of the tiny network
             yield batch
 
+    def waits(run: str) -> list[float]:
+        pretrain(tiny_config(image_folder, max_steps=3, log_every=1), tmp_path / run)
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["data_wait"] for line in lines]
+
+    fast = waits("fast")  # batches cut from images in memory
     monkeypatch.setattr(ImageModality, "train_batches", slow_batches)
-    pretrain(tiny_config(image_folder, max_steps=3, log_every=1), tmp_path / "run")
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    waits = [json.loads(line)["data_wait"] for line in lines]
-    assert len(waits) == 3 and all(0.5 < wait <= 1 for wait in waits[1:])
+    slow = waits("slow")
+    assert len(fast) == len(slow) == 3
+    assert all(0 <= wait < 0.5 for wait in fast[1:])
+    assert all(0.5 < wait <= 1 for wait in slow[1:])
 
 
 def test_pretrain_writes_logs_checkpoint_and_knn(image_folder, tmp_path):

@@ -142,7 +142,13 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
     modality's recipe ``<modality>-small``: the modality is the one the other layers name or
     detect (``--modality``, ``--data``, ``--config``, ``--set``), and the recipe goes under them.
     """
-    from simclr.config import build_config, parse_assignment, read_yaml, recipe_overrides
+    from simclr.config import (
+        build_config,
+        modality_recipe,
+        parse_assignment,
+        read_yaml,
+        recipe_overrides,
+    )
     from simclr.modalities import resolve_modality
 
     first: list[dict[str, Any]] = [base] if base else []
@@ -165,9 +171,9 @@ def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None
     layers += [parse_assignment(text) for text in args.overrides]
     recipe = [recipe_overrides(args.recipe)] if args.recipe else []
     cfg = resolve_modality(build_config(*first, *recipe, *layers))
-    if base is None and not args.recipe and cfg.data.modality != "image":
-        modality_recipe = recipe_overrides(f"{cfg.data.modality}-small")
-        cfg = resolve_modality(build_config(modality_recipe, *layers))
+    default_recipe = modality_recipe(cfg.data.modality)
+    if base is None and not args.recipe and default_recipe is not None:
+        cfg = resolve_modality(build_config(recipe_overrides(default_recipe), *layers))
     return cfg
 
 

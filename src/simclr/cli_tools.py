@@ -335,13 +335,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_views(args: argparse.Namespace) -> int:
     """``simclr views``: draw augmented view pairs of some items (a listing for text)."""
-    from simclr.config import build_config, parse_assignment, recipe_overrides
+    from simclr.config import build_config, modality_recipe, parse_assignment, recipe_overrides
     from simclr.modalities import modality_for, resolve_modality
 
     data = {"path": args.data, "modality": args.modality or "auto"}
     overrides = [parse_assignment(text) for text in args.overrides]
     modality_name = resolve_modality(build_config({"data": data}, *overrides)).data.modality
-    recipe = args.recipe or ("cpu-small" if modality_name == "image" else f"{modality_name}-small")
+    # images: the small CPU recipe's 32 px views rather than the ImageNet defaults' 224 px
+    recipe = args.recipe or modality_recipe(modality_name) or "cpu-small"
     cfg = build_config(recipe_overrides(recipe), {"data": data}, *overrides)
     modality = modality_for(cfg)
     dataset, _ = modality.open(args.data, split="train")

@@ -375,6 +375,15 @@ def recipe_overrides(name: str) -> dict[str, Any]:
     return loaded
 
 
+def modality_recipe(modality: str) -> str | None:
+    """The recipe a run on ``modality`` data starts from when none is named.
+
+    ``<modality>-small`` for every modality but images, whose plain defaults are the paper's
+    ImageNet settings; ``None`` for images.
+    """
+    return None if modality == "image" else f"{modality}-small"
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with a one-line error for a missing or malformed file."""
     try:

@@ -253,6 +253,7 @@ def pretrain(
                 if world > 1:  # unreadable files may shorten one rank's batch: cut all alike
                     length = int(-distributed.agree_max([-length])[0])
                 if length * world < 2:
+                    fetch_started = time.perf_counter()
                     continue
                 total_steps = budget.planned_steps(step, clock, seconds_per_step)
                 warmup = warmup_steps_for(
@@ -295,7 +296,7 @@ def pretrain(
                     now = time.perf_counter()
                     window_s = max(now - window[1], 1e-9)
                     rate = tcfg.batch_size * (step - window[0]) / window_s
-                    wait_fraction = min(data_wait / window_s, 1.0)
+                    wait_fraction = data_wait / window_s  # waits are disjoint parts of it
                     window, data_wait = (step, now), 0.0
                     record = {
                         "step": step,

@@ -60,6 +60,33 @@ def test_matches_functional_composition_with_same_generator():
     assert torch.allclose(a, x[:6], atol=1e-6) and torch.allclose(b, x[6:], atol=1e-6)
 
 
+def test_precropped_views_match_functional_composition_with_same_generator():
+    """Pre-cut crops: every stage but the crop, flip included, with the same parameters."""
+    cfg = AugmentConfig(size=24, grayscale_p=0.5)
+    crops = uint8_images(6, 2, 3, 24, 24)
+    a, b = SimCLRViews(cfg, seed=4)(crops)
+    p = sample_view_params(12, 24, 24, cfg, torch.Generator().manual_seed(4))
+    x = crops.transpose(0, 1).reshape(12, 3, 24, 24).float() / 255
+    x = AF.hflip(x, p.flip)
+    x = AF.color_jitter(x, p)
+    x = AF.grayscale(x, p.grayscale)
+    x = AF.gaussian_blur(x, p.sigma, AF.blur_kernel_size(24, 0.1), p.blur)
+    assert p.flip.any() and not p.flip.all()
+    assert torch.allclose(a, x[:6], atol=1e-6) and torch.allclose(b, x[6:], atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(6, 3, 40, 40), (6, 2, 3, 24, 24)])
+def test_cpu_groups_of_one_sample_give_the_same_views(shape, monkeypatch):
+    # On the CPU the kernels run over groups of samples; groups of one must change nothing.
+    cfg = AugmentConfig(size=24, grayscale_p=0.5)
+    images = uint8_images(*shape)
+    whole = SimCLRViews(cfg, seed=5)(images)
+    monkeypatch.setattr(AF, "CPU_GROUP_PIXELS", 1)
+    grouped = SimCLRViews(cfg, seed=5)(images)
+    for one, other in zip(whole, grouped, strict=True):
+        assert torch.allclose(one, other, atol=1e-6)
+
+
 def test_precropped_input_skips_crop():
     cfg = AugmentConfig(size=16, **OFF)
     crops = uint8_images(4, 2, 3, 16, 16)

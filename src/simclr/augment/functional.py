@@ -291,9 +291,9 @@ def _rotate_hue(images: Tensor, shift: Tensor) -> Tensor:
     hue.div_(chroma.clamp_min(torch.finfo(images.dtype).tiny))
     hue.add_(shift.view(-1, 1, 1), alpha=6)
     hue.sub_(torch.floor(hue / 6), alpha=6)  # mod 6, cheaper than torch.remainder on the CPU
-    # f((n + h) mod 6) is 1 - distance of (n + h) to 5 around the circle of length 6, clamped
-    # to [0, 1]; with h in [0, 6] that distance is 3 - ||h + n - 5| - 3| for every channel,
-    # so only one plane needed the modulo.
+    # f((n + h) mod 6) is the distance of (n + h) to 5 around the circle of length 6, minus 1,
+    # clamped to [0, 1]; with h in [0, 6] that distance is 3 - ||h + n - 5| - 3| for every
+    # channel, so only one plane needed the modulo.
     out = torch.empty_like(images)
     for channel, offset in enumerate((0.0, -2.0, -4.0)):  # red, green, blue
         # plane by plane: broadcasting one plane against three is slow on the CPU
@@ -318,8 +318,9 @@ def color_jitter(
     Brightness, contrast and saturation are all a blend ``f x + (1 - f) t`` with ``t`` = 0,
     the mean gray level or the gray image, so one step applies whichever of the three each
     sample needs in a single fused pass, ``f x + a gray + m mean`` with per-sample
-    coefficients (zero for the terms a sample does not use). Each step reads and writes only
-    the samples it changes: samples whose jitter is off are never touched.
+    coefficients (zero for the terms a sample does not use, and ``f = 1`` for samples whose
+    step is hue or whose jitter is off, which leaves them exactly unchanged). Hue, the
+    expensive operation, reads and writes only the samples whose step is hue.
 
     Args:
         images: Float RGB images in [0, 1].

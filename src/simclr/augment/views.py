@@ -150,9 +150,13 @@ class SimCLRViews(nn.Module):
         elif images.ndim == 4:
             n, _, height, width = images.shape
             params = self.sample_params(2 * n, height, width, images.device)
-            # Both views of every image in one grid_sample; the flip is folded into its grid.
-            pairs = images.unsqueeze(0).expand(2, *images.shape).reshape(2 * n, *images.shape[1:])
-            x = AF.resized_crop(_to_float(pairs, copy=False), params.boxes, size, params.flip)
+            source = _to_float(images, copy=False)  # the crops below write new buffers
+            x = torch.cat(  # the flip is folded into the crops' sampling grids
+                [
+                    AF.resized_crop(source, params.boxes[:n], size, params.flip[:n]),
+                    AF.resized_crop(source, params.boxes[n:], size, params.flip[n:]),
+                ]
+            )
             flipped = True
         else:
             raise ValueError(

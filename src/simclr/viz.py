@@ -116,19 +116,13 @@ def draw_views(
     if not kept:
         raise UserError("none of the picked images could be read")
 
-    rows = len(kept)
-    width_in = VIEW_LABEL_IN + 3 * VIEW_CELL_IN
-    height_in = VIEW_TITLE_IN + rows * VIEW_CELL_IN
-    fig = _figure((width_in, height_in))
-    fig.subplots_adjust(
-        left=VIEW_LABEL_IN / width_in,
-        right=1 - 0.05 / width_in,
-        top=1 - VIEW_TITLE_IN / height_in,
-        bottom=0.05 / height_in,
-        wspace=0.05,
-        hspace=0.05,
+    fig, axes = view_grid(
+        len(kept),
+        (VIEW_CELL_IN, VIEW_CELL_IN),
+        (VIEW_LABEL_IN, VIEW_TITLE_IN),
+        pad_in=0.05,
+        spacing=(0.05, 0.05),
     )
-    axes = fig.subplots(rows, 3, squeeze=False)
     smooth = "antialiased" if augment.size > 64 else "nearest"
     for row, index in enumerate(kept):
         for col, image in enumerate((originals[row], first[row], second[row])):
@@ -141,7 +135,7 @@ def draw_views(
         )
     for col, header in enumerate(("original (eval)", "view 1", "view 2")):
         axes[0, col].set_title(header, fontsize=9)
-    fig.suptitle(_recipe_summary(augment), fontsize=9, y=1 - 0.08 / height_in, va="top")
+    fig.suptitle(_recipe_summary(augment), fontsize=9, y=1 - 0.08 / fig.get_figheight(), va="top")
     return _save(fig, out, dpi)
 
 
@@ -530,6 +524,42 @@ def _moving_average(values: np.ndarray, points: int = 40) -> np.ndarray | None:
     kernel = np.ones(window) / window
     padded = np.pad(values, (window // 2, window - 1 - window // 2), mode="edge")
     return np.convolve(padded, kernel, mode="valid")
+
+
+def view_grid(
+    rows: int,
+    cell_in: tuple[float, float],
+    margins_in: tuple[float, float],
+    *,
+    pad_in: float,
+    spacing: tuple[float, float],
+    **subplots: Any,
+) -> tuple[Figure, Any]:
+    """A figure of ``rows`` x 3 axes (original, view 1, view 2) with cells of a fixed size.
+
+    Args:
+        rows: Items, one per row.
+        cell_in: Width and height of one cell, in inches.
+        margins_in: Left margin (row labels) and top margin (title, column headers), inches.
+        pad_in: Right and bottom padding, in inches.
+        spacing: ``wspace`` and ``hspace`` between cells, as fractions of a cell.
+        subplots: More arguments of ``Figure.subplots`` (``sharey="row"``, ...).
+
+    Returns:
+        The figure and its ``[rows, 3]`` array of axes.
+    """
+    width_in = margins_in[0] + 3 * cell_in[0]
+    height_in = margins_in[1] + rows * cell_in[1]
+    fig = _figure((width_in, height_in))
+    fig.subplots_adjust(
+        left=margins_in[0] / width_in,
+        right=1 - pad_in / width_in,
+        top=1 - margins_in[1] / height_in,
+        bottom=pad_in / height_in,
+        wspace=spacing[0],
+        hspace=spacing[1],
+    )
+    return fig, fig.subplots(rows, 3, squeeze=False, **subplots)
 
 
 def _figure(size: tuple[float, float], layout: Literal["constrained"] | None = None) -> Figure:

@@ -46,7 +46,7 @@ def draw_audio_views(
     Raises:
         UserError: ``num_items`` < 1.
     """
-    from simclr.viz import _figure, _save, subsample
+    from simclr.viz import _save, subsample, view_grid
 
     if num_items < 1:
         raise UserError(f"num_items must be at least 1 (got {num_items})")
@@ -56,19 +56,7 @@ def draw_audio_views(
     size = crop_samples(cfg)
     starts = centre_start(lengths, size)
 
-    rows = len(picked)
-    width_in = MARGIN_IN[0] + 3 * WAVE_IN[0]
-    height_in = MARGIN_IN[1] + rows * WAVE_IN[1]
-    fig = _figure((width_in, height_in))
-    fig.subplots_adjust(
-        left=MARGIN_IN[0] / width_in,
-        right=1 - 0.1 / width_in,
-        top=1 - MARGIN_IN[1] / height_in,
-        bottom=0.1 / height_in,
-        wspace=0.08,
-        hspace=0.12,
-    )
-    axes = fig.subplots(rows, 3, squeeze=False)
+    fig, axes = view_grid(len(picked), WAVE_IN, MARGIN_IN, pad_in=0.1, spacing=(0.08, 0.12))
     low = float(torch.cat([first, second]).amin())
     high = float(torch.cat([first, second]).amax())
     for row, index in enumerate(picked.tolist()):

@@ -45,7 +45,7 @@ def draw_series_views(
     Raises:
         UserError: ``num_items`` < 1.
     """
-    from simclr.viz import _figure, _save, subsample
+    from simclr.viz import _save, subsample, view_grid
 
     if num_items < 1:
         raise UserError(f"num_items must be at least 1 (got {num_items})")
@@ -55,19 +55,9 @@ def draw_series_views(
     first, second = views(inputs, lengths)
     originals = evaluation_input(inputs, lengths, views.length, views.normalize)
 
-    rows = len(picked)
-    width_in = LABEL_IN + 3 * CELL_IN[0]
-    height_in = TITLE_IN + rows * CELL_IN[1]
-    fig = _figure((width_in, height_in))
-    fig.subplots_adjust(
-        left=LABEL_IN / width_in,
-        right=1 - 0.1 / width_in,
-        top=1 - TITLE_IN / height_in,
-        bottom=0.1 / height_in,
-        wspace=0.08,
-        hspace=0.12,
+    fig, axes = view_grid(
+        len(picked), CELL_IN, (LABEL_IN, TITLE_IN), pad_in=0.1, spacing=(0.08, 0.12), sharey="row"
     )
-    axes = fig.subplots(rows, 3, squeeze=False, sharey="row")
     colours = [f"C{c % 10}" for c in range(inputs.shape[1])]
     for row, index in enumerate(picked.tolist()):
         for col, series in enumerate((originals[row], first[row], second[row])):
@@ -83,7 +73,7 @@ def draw_series_views(
     fig.suptitle(
         f"{len(items)} series, {channels} channel(s), views of {views.length} steps",
         fontsize=9,
-        y=1 - 0.08 / height_in,
+        y=1 - 0.08 / fig.get_figheight(),
         va="top",
     )
     return _save(fig, out, dpi)

@@ -14,7 +14,6 @@ Two kinds exist, chosen by :func:`build_dataset`:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from simclr.augment.loader import eval_resize
+from simclr.data.folders import scan_class_folders
 from simclr.data.items import Items
 from simclr.data.items import require_labels as require_labels
 from simclr.errors import UserError
@@ -154,22 +154,7 @@ def build_dataset(
 
 def scan_folder(root: Path) -> FileImages:
     """List the images of a folder: class subfolders (labelled) or a flat folder (unlabelled)."""
-    direct = sorted(e.path for e in os.scandir(root) if e.is_file() and _is_image(e.name))
-    subfolders = sorted(
-        e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
-    )
-    if direct:
-        everything = direct + [p for sub in subfolders for p in _images_below(root / sub)]
-        return FileImages(everything, torch.full((len(everything),), -1, dtype=torch.long), [])
-    paths: list[str] = []
-    labels: list[int] = []
-    classes: list[str] = []
-    for sub in subfolders:
-        found = _images_below(root / sub)
-        if found:
-            labels += [len(classes)] * len(found)
-            classes.append(sub)
-            paths += found
+    paths, labels, classes = scan_class_folders(root, _is_image)
     if not paths:
         raise UserError(f"no images found in {root} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return FileImages(paths, torch.tensor(labels, dtype=torch.long), classes)
@@ -352,14 +337,6 @@ def _split_indices(order: Tensor, cut: int, split: str) -> Tensor:
 
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def _images_below(folder: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
-    return found
 
 
 def _looks_small(paths: Sequence[str], probe: int = 16) -> bool:

@@ -10,13 +10,13 @@ float32 tensor with the valid length of each clip.
 from __future__ import annotations
 
 import logging
-import os
 from math import gcd
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from simclr.data.folders import scan_class_folders
 from simclr.data.items import TensorItems
 from simclr.errors import UserError
 
@@ -76,24 +76,10 @@ def list_audio(root: Path) -> tuple[list[Path], list[int], list[str]]:
     Raises:
         UserError: no audio file anywhere below ``root``.
     """
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    direct = [Path(e.path) for e in entries if e.is_file() and _is_audio(e.name)]
-    subfolders = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    if direct:
-        everything = direct + [p for sub in subfolders for p in _audio_below(root / sub)]
-        return everything, [-1] * len(everything), []
-    files: list[Path] = []
-    labels: list[int] = []
-    classes: list[str] = []
-    for sub in subfolders:
-        found = _audio_below(root / sub)
-        if found:
-            labels += [len(classes)] * len(found)
-            classes.append(sub)
-            files += found
-    if not files:
+    paths, labels, classes = scan_class_folders(root, _is_audio)
+    if not paths:
         raise UserError(f"no audio files found in {root} (looked for {', '.join(AUDIO_SUFFIXES)})")
-    return files, labels, classes
+    return [Path(p) for p in paths], labels, classes
 
 
 def read_audio_folder(
@@ -143,12 +129,3 @@ def read_audio_folder(
 
 def _is_audio(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in AUDIO_SUFFIXES
-
-
-def _audio_below(folder: Path) -> list[Path]:
-    """Audio files anywhere below ``folder``, in sorted walk order (symbolic links followed)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [Path(dirpath, f) for f in sorted(filenames) if _is_audio(f)]
-    return found

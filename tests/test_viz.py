@@ -105,8 +105,10 @@ def test_draw_views_of_files_cuts_crops_like_the_loader(tmp_path, record_views):
 
 def test_draw_views_rejects_no_rows(tmp_path):
     data = array_dataset(np.zeros((4, 16, 16), dtype=np.uint8), size=16)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="num_images must be at least 1"):
         viz.draw_views(data, AUG, tmp_path / "v.png", num_images=0)
+    with pytest.raises(UserError, match="max_points must be at least 1"):
+        viz.subsample(torch.zeros(4, dtype=torch.long), 0)
 
 
 def test_plot_run_draws_curves_and_knn(tiny_run, tmp_path):

@@ -49,19 +49,22 @@ TSNE_PCA_DIM = 50
 UNLABELLED_COLOR = "0.6"
 
 
-def subsample(labels: Tensor, max_points: int, *, seed: int = 0) -> Tensor:
+def subsample(
+    labels: Tensor, max_points: int, *, seed: int = 0, option: str = "max_points"
+) -> Tensor:
     """Positions of at most ``max_points`` items, drawn at random but stratified by label.
 
     Each label value (``-1``, unlabelled, counts as one) keeps a share of the sample
     proportional to its size, so a map of a subsample shows the classes in the proportions of
-    the data; the draw depends only on ``labels``, ``max_points`` and ``seed``.
+    the data; the draw depends only on ``labels``, ``max_points`` and ``seed``. ``option`` is
+    the caller's name for ``max_points`` in the error for a count below 1.
 
     Shape:
         labels int64 ``[N]`` -> positions int64 ``[min(N, max_points)]``, sorted.
     """
     n = len(labels)
     if max_points < 1:
-        raise UserError(f"max_points must be at least 1 (got {max_points})")
+        raise UserError(f"{option} must be at least 1 (got {max_points})")
     if n <= max_points:
         return torch.arange(n)
     generator = torch.Generator().manual_seed(seed)
@@ -109,9 +112,7 @@ def draw_views(
     Raises:
         UserError: ``num_images`` < 1 or none of the picked files could be read.
     """
-    if num_images < 1:
-        raise UserError(f"num_images must be at least 1 (got {num_images})")
-    picked = subsample(dataset.labels, num_images, seed=seed).tolist()
+    picked = subsample(dataset.labels, num_images, seed=seed, option="num_images").tolist()
     originals, first, second, kept = _views_of(dataset, picked, augment, seed=seed)
     if not kept:
         raise UserError("none of the picked images could be read")

@@ -8,7 +8,6 @@ import torch
 
 from simclr.config import AudioConfig
 from simclr.data.items import TensorItems
-from simclr.errors import UserError
 from simclr.modalities.audio.views import AudioViews, centre_start, crop_samples
 
 WAVE_IN = (3.2, 1.3)
@@ -48,9 +47,7 @@ def draw_audio_views(
     """
     from simclr.viz import _save, subsample, view_grid
 
-    if num_items < 1:
-        raise UserError(f"num_items must be at least 1 (got {num_items})")
-    picked = subsample(items.labels, num_items, seed=seed)
+    picked = subsample(items.labels, num_items, seed=seed, option="num_items")
     waves, lengths = items.inputs[picked], items.lengths[picked]
     first, second = AudioViews(cfg, seed=seed)(waves, lengths)
     size = crop_samples(cfg)

@@ -161,7 +161,7 @@ class TabularModality(TensorModality):
 
         if not isinstance(dataset, TensorItems):
             raise TypeError(f"expected TensorItems, got {type(dataset).__name__}")
-        picked = subsample(dataset.labels, num_items, seed=seed)
+        picked = subsample(dataset.labels, num_items, seed=seed, option="num_items")
         generator = torch.Generator().manual_seed(seed)
         pool = dataset.inputs[torch.randperm(len(dataset), generator=generator)]
         pool = pool[: self.cfg.train.batch_size]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from simclr.data.items import TensorItems
-from simclr.errors import UserError
 from simclr.modalities.timeseries.views import SeriesViews, evaluation_input
 
 CELL_IN = (3.2, 1.5)
@@ -47,9 +46,7 @@ def draw_series_views(
     """
     from simclr.viz import _save, subsample, view_grid
 
-    if num_items < 1:
-        raise UserError(f"num_items must be at least 1 (got {num_items})")
-    picked = subsample(items.labels, num_items, seed=seed)
+    picked = subsample(items.labels, num_items, seed=seed, option="num_items")
     inputs, lengths = items.inputs[picked], items.lengths[picked]
     views.manual_seed(seed)
     first, second = views(inputs, lengths)

@@ -19,12 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from baselines import knn_and_linear, open_splits
 
 from simclr.config import Config, recipe_overrides
 from simclr.data.items import TensorItems
-from simclr.evaluate.features import Features
-from simclr.evaluate.knn import knn_accuracy
-from simclr.evaluate.linear import linear_probe
 from simclr.modalities.audio.spectrogram import LogMel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,20 +91,11 @@ def baseline(train: TensorItems, test: TensorItems, cfg: Config) -> dict[str, fl
     x_train, x_test = mfcc_statistics(train, cfg), mfcc_statistics(test, cfg)
     mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-8)
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
-    knn = knn_accuracy(
-        x_train, train.labels, x_test, test.labels, k=cfg.eval.k, temperature=cfg.eval.temperature
-    )
-    probe = linear_probe(
-        Features(x_train, train.labels, torch.arange(len(train))),
-        Features(x_test, test.labels, torch.arange(len(test))),
-    )
-    return {"knn_top1": float(knn["top1"]), "linear_top1": float(probe["top1"])}
+    return knn_and_linear(x_train, train, x_test, test, cfg)
 
 
 def main() -> None:
     """Arrange FSDD, read it as the ``audio-small`` recipe does and print the baseline."""
-    from splits import open_splits
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=FSDD_ARCHIVE)
     parser.add_argument("--root", type=Path, default=FSDD_ROOT)

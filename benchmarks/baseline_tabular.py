@@ -22,12 +22,10 @@ import json
 
 import torch
 import torch.nn.functional as F
+from baselines import knn_and_linear, open_splits
 
 from simclr.config import Config, recipe_overrides
 from simclr.data.items import TensorItems
-from simclr.evaluate.features import Features
-from simclr.evaluate.knn import knn_accuracy
-from simclr.evaluate.linear import linear_probe
 from simclr.modalities.tabular import TableItems
 from simclr.modalities.tabular.columns import cardinalities
 
@@ -58,26 +56,11 @@ def baseline(train: TensorItems, test: TensorItems, cfg: Config) -> dict[str, fl
         test: Test rows opened with the training data's fitted state.
         cfg: The run's configuration (kNN settings).
     """
-    x_train, x_test = raw_features(train), raw_features(test)
-    knn = knn_accuracy(
-        x_train,
-        train.labels,
-        x_test,
-        test.labels,
-        k=cfg.eval.k,
-        temperature=cfg.eval.temperature,
-    )
-    linear = linear_probe(
-        Features(x_train, train.labels, torch.arange(len(train))),
-        Features(x_test, test.labels, torch.arange(len(test))),
-    )
-    return {"knn_top1": float(knn["top1"]), "linear_top1": float(linear["top1"])}
+    return knn_and_linear(raw_features(train), train, raw_features(test), test, cfg)
 
 
 def main() -> None:
     """Print the baselines of the given tables (default :data:`DATASETS`) as JSON."""
-    from splits import open_splits
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="*", default=list(DATASETS))
     args = parser.parse_args()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from baselines import open_splits
 
 from simclr.config import Config
 from simclr.data.items import TensorItems
@@ -83,8 +84,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path)
     args = parser.parse_args()
-    from splits import open_splits
-
     began = time.time()
     cfg, train, test, _ = open_splits(
         str(args.data), {"data": {"modality": "text"}, "model": {"backbone": "transformer"}}

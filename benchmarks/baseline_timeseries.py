@@ -23,13 +23,11 @@ import argparse
 import json
 
 import torch
+from baselines import knn_and_linear, open_splits
 from sklearn.neighbors import KNeighborsClassifier
 
 from simclr.config import Config, recipe_overrides
 from simclr.data.items import TensorItems
-from simclr.evaluate.features import Features
-from simclr.evaluate.knn import knn_accuracy
-from simclr.evaluate.linear import linear_probe
 from simclr.modalities.timeseries import fit_length
 from simclr.modalities.timeseries.views import Normalization, channel_statistics, evaluation_input
 
@@ -62,29 +60,14 @@ def baseline(train: TensorItems, test: TensorItems, cfg: Config) -> dict[str, fl
     nearest = KNeighborsClassifier(n_neighbors=1, metric="euclidean")
     nearest.fit(x_train.numpy(), train.labels.numpy())
     one_nn = 100.0 * float(nearest.score(x_test.numpy(), test.labels.numpy()))
-    knn = knn_accuracy(
-        x_train,
-        train.labels,
-        x_test,
-        test.labels,
-        k=cfg.eval.k,
-        temperature=cfg.eval.temperature,
-    )
-    linear = linear_probe(
-        Features(x_train, train.labels, torch.arange(len(train))),
-        Features(x_test, test.labels, torch.arange(len(test))),
-    )
     return {
         "1nn_euclidean_top1": round(one_nn, 2),
-        "knn_top1": float(knn["top1"]),
-        "linear_top1": float(linear["top1"]),
+        **knn_and_linear(x_train, train, x_test, test, cfg),
     }
 
 
 def main() -> None:
     """Print the baselines of the given aeon datasets (default :data:`DATASETS`) as JSON."""
-    from splits import open_splits
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="*", default=list(DATASETS))
     args = parser.parse_args()

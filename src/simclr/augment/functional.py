@@ -267,10 +267,10 @@ def adjust_hue(images: Tensor, shift: Tensor) -> Tensor:
     """
     _check_rgb(images, "adjust_hue")
     shift = shift.to(device=images.device, dtype=images.dtype)
-    everything = torch.arange(images.shape[0], device=images.device)
-    return _update_selected_(
-        images.clone(), everything, lambda chosen, group: _rotate_hue(chosen, shift[group])
-    )
+    out = torch.empty_like(images)
+    for part in _cpu_slices(images):
+        out[part] = _rotate_hue(images[part], shift[part])
+    return out
 
 
 def _rotate_hue(images: Tensor, shift: Tensor) -> Tensor:
@@ -367,7 +367,7 @@ def color_jitter_(
             coefs = torch.stack([factor, gray_coef, mean_coef]).view(3, -1, 1, 1, 1)
             # In place over consecutive samples: cheaper than gathering the ones that blend.
             for part in _cpu_slices(images):
-                _blend_(images[part], coefs[:, part])
+                _jitter_blend_(images[part], coefs[:, part])
         if active[HUE]:
             _update_selected_(
                 images,
@@ -377,7 +377,7 @@ def color_jitter_(
     return images
 
 
-def _blend_(images: Tensor, coefs: Tensor) -> Tensor:
+def _jitter_blend_(images: Tensor, coefs: Tensor) -> Tensor:
     """``f x + a gray(x) + m mean(gray(x))`` in place, clamped to [0, 1].
 
     ``coefs`` holds ``(f, a, m)`` per sample, ``[3, B, 1, 1, 1]``: brightness is ``(f, 0, 0)``,

@@ -197,16 +197,20 @@ class _BlockedContrastiveCrossEntropy(torch.autograd.Function):
             grad_anchors = torch.empty_like(anchors)
             grad_candidates = torch.zeros_like(candidates)
             for block in _row_blocks(rows, candidates.shape[0]):
-                if kept.numel():
+                weighted = anchors[block]  # (R, D)
+                if kept.numel():  # E, whose rows still carry the weights w = 1 / sum(E)
                     exps, row_weights = kept, weights[:, None]
+                    weighted = weighted * row_weights
                 else:  # recompute this block's softmax from the saved log-sum-exp
                     exps = _masked_logits(anchors, candidates, self_cols, ctx.scale, block)
                     exps.sub_(lse[block, None]).exp_()  # exp(-inf) = 0 on the self column
-                    row_weights = anchors.new_ones(1, 1)
+                    row_weights = None
                 positives = pos_cols[block]
-                torch.mm(exps, candidates, out=grad_anchors[block])  # (R, D)
-                grad_anchors[block].mul_(row_weights).sub_(candidates[positives])
-                grad_candidates.addmm_(exps.T, anchors[block] * row_weights)  # (2M, D)
+                grad_block = torch.mm(exps, candidates, out=grad_anchors[block])  # (R, D)
+                if row_weights is not None:
+                    grad_block.mul_(row_weights)
+                grad_block.sub_(candidates[positives])
+                grad_candidates.addmm_(exps.T, weighted)  # (2M, D)
                 grad_candidates.index_add_(0, positives, anchors[block], alpha=-1.0)
         return grad_anchors.mul_(factor), grad_candidates.mul_(factor), None, None, None
 

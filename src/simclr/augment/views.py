@@ -146,7 +146,6 @@ class SimCLRViews(nn.Module):
             views = images.transpose(0, 1).reshape(2 * n, *images.shape[2:])
             x = _to_float(views)
             params = self.sample_params(2 * n, size, size, images.device)
-            flipped = False
         elif images.ndim == 4:
             n, _, height, width = images.shape
             params = self.sample_params(2 * n, height, width, images.device)
@@ -157,7 +156,6 @@ class SimCLRViews(nn.Module):
                     AF.resized_crop(source, params.boxes[n:], size, params.flip[n:]),
                 ]
             )
-            flipped = True
         else:
             raise ValueError(
                 f"images must be [B, C, H, W] or [B, 2, C, S, S], got {tuple(images.shape)}"
@@ -166,7 +164,8 @@ class SimCLRViews(nn.Module):
             x = x.expand(-1, 3, -1, -1).contiguous()
         elif x.shape[1] != 3:
             raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
-        x = self._augment_colors_(x, params, flip=not flipped)
+        # the crops of [B, C, H, W] input came out mirrored already
+        x = self._augment_colors_(x, params, flip=images.ndim == 5)
         return x[:n], x[n:]
 
     def augment_colors(self, x: Tensor, params: ViewParams) -> Tensor:

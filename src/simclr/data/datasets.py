@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from simclr.augment.loader import eval_resize
 from simclr.data.folders import scan_class_folders
-from simclr.data.items import Items
+from simclr.data.items import Items, check_split
 from simclr.data.items import require_labels as require_labels
 from simclr.errors import UserError
 
@@ -328,11 +328,8 @@ def _stack_readable(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, Ten
 
 
 def _split_indices(order: Tensor, cut: int, split: str) -> Tensor:
-    if split == "train":
-        return order[:cut]
-    if split == "test":
-        return order[cut:]
-    raise UserError(f"unknown split {split!r}; choose train or test")
+    check_split(split)
+    return order[:cut] if split == "train" else order[cut:]
 
 
 def _is_image(name: str) -> bool:

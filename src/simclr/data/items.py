@@ -93,6 +93,16 @@ def require_labels(train_set: Items, test_set: Items, purpose: str) -> None:
         )
 
 
+SPLITS = ("train", "test")
+"""The two splits every reader knows."""
+
+
+def check_split(split: str) -> None:
+    """A one-line error unless ``split`` is one of :data:`SPLITS`."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; choose train or test")
+
+
 def split_positions(num_items: int, split: str, *, test_fraction: float, seed: int) -> Tensor:
     """Positions of ``split`` (``train`` or ``test``) in a fixed random split of one collection.
 
@@ -102,13 +112,10 @@ def split_positions(num_items: int, split: str, *, test_fraction: float, seed: i
     Shape:
         int64 ``[n]``.
     """
+    check_split(split)
     order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed))
     cut = num_items - max(1, round(test_fraction * num_items))
-    if split == "train":
-        return order[:cut]
-    if split == "test":
-        return order[cut:]
-    raise UserError(f"unknown split {split!r}; choose train or test")
+    return order[:cut] if split == "train" else order[cut:]
 
 
 def label_names(values: Sequence[Any]) -> tuple[Tensor, list[str]]:

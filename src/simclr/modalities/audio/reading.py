@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 from simclr.data.folders import scan_class_folders
-from simclr.data.items import TensorItems
+from simclr.data.items import SPLITS, TensorItems, check_split
 from simclr.errors import UserError
 
 log = logging.getLogger("simclr")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 """File suffixes read as audio (lower case); soundfile (libsndfile) decodes all three."""
-SPLITS = ("train", "test")
 
 
 def read_clip(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
@@ -60,8 +59,7 @@ def read_clip(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
 
 def split_root(path: Path, split: str) -> Path:
     """The folder of ``split`` when ``path`` holds ``train/`` and ``test/``, else ``path``."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose train or test")
+    check_split(split)
     if all((path / name).is_dir() for name in SPLITS):
         return path / split
     return path

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from simclr.data.items import split_positions
+from simclr.data.items import check_split, split_positions
 from simclr.errors import UserError, first_line
 from simclr.modalities.base import csv_holds_text
 
@@ -102,8 +102,7 @@ def read_table(spec: str, *, split: str, test_fraction: float, seed: int) -> Tab
         UserError: an unknown scikit-learn table, a missing, empty or unreadable file, a folder
             without the split's file, or a split without rows.
     """
-    if split not in ("train", "test"):
-        raise UserError(f"unknown split {split!r}; choose train or test")
+    check_split(split)
     if spec.startswith(SKLEARN_PREFIX):
         frame, source = load_sklearn_table(spec[len(SKLEARN_PREFIX) :]), spec
     else:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simclr.config import TextConfig
+from simclr.data.items import check_split
 from simclr.errors import UserError, first_line
 
 if TYPE_CHECKING:
@@ -83,8 +84,7 @@ def split_file(spec: str, split: str) -> tuple[Path, bool]:
         return path, True
     if not path.is_dir():
         raise UserError(f"{spec}: no such file or folder")
-    if split not in ("train", "test"):
-        raise UserError(f"unknown split {split!r}; choose train or test")
+    check_split(split)
     found = sorted(
         p
         for p in path.iterdir()

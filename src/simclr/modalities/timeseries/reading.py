@@ -30,14 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from simclr.data.items import TensorItems, label_names, split_positions
+from simclr.data.items import TensorItems, check_split, label_names, split_positions
 from simclr.errors import UserError, first_line
 
 log = logging.getLogger("simclr")
 
 AEON_PREFIX = "aeon:"
 """Data specs starting with this name a dataset shipped inside the aeon package."""
-SPLITS = ("train", "test")
 
 
 @dataclass
@@ -75,8 +74,7 @@ def read_series(
         UserError: an unknown split, a missing, empty or malformed input, or an aeon name that is
             not shipped with aeon.
     """
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose train or test")
+    check_split(split)
     if spec.startswith(AEON_PREFIX):
         return read_aeon(spec[len(AEON_PREFIX) :], split)
     path = Path(spec).expanduser()

@@ -26,7 +26,7 @@ def open_splits(
     cfg = build_config(*overrides, {"data": {"path": spec}})
     modality = modality_for(cfg)
     train, fitted = modality.open(spec, split="train")
-    test, _ = modality.open(spec, split="test", fitted=fitted)
+    test, _ = modality.with_fitted(fitted).open(spec, split="test")
     if not isinstance(train, TensorItems) or not isinstance(test, TensorItems):
         raise TypeError(f"{spec}: the baselines need items held in memory")
     return cfg, train, test, fitted

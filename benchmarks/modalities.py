@@ -79,9 +79,9 @@ def measure(modality: str, data: str, runs: Path, extra: list[str]) -> dict[str,
         linear = simclr("linear", *common, "--out", str(run_dir / f"linear-{weights}.json"))
         scores[weights] = {"knn_top1": knn["top1"], "linear_top1": linear["top1"]}
     encoder = load_encoder(run_dir)
-    opened = encoder.modality()
-    train, _ = opened.open(data, split="train", fitted=encoder.fitted)
-    test, _ = opened.open(data, split="test", fitted=encoder.fitted)
+    opened = encoder.modality()  # bound to the checkpoint's fitted preprocessing
+    train, _ = opened.open(data, split="train")
+    test, _ = opened.open(data, split="test")
     started = time.time()
     baseline = importlib.import_module(f"baseline_{modality}").baseline(train, test, encoder.config)
     print(f"{time.time() - started:>7.1f} s  baseline {modality} {data}", file=sys.stderr)

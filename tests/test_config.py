@@ -1,12 +1,12 @@
 import pytest
 
 from simclr.config import (
-    RECIPES,
     Config,
     build_config,
     from_dict,
     parse_assignment,
     read_yaml,
+    recipe_names,
     recipe_overrides,
     to_dict,
 )
@@ -22,7 +22,7 @@ def test_defaults_are_the_paper_imagenet_settings():
     assert cfg.train.temperature == 0.1
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", recipe_names())
 def test_every_recipe_builds(name):
     cfg = build_config(recipe_overrides(name))
     assert cfg.train.batch_size >= 2
@@ -97,3 +97,28 @@ def test_yaml_errors(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         read_yaml(listing)
+
+
+def test_options_take_any_key_of_a_modality_and_round_trip():
+    cfg = build_config(
+        {"options": {"toy": {"dim": 4, "noise": [0.1, 0.2]}}},
+        parse_assignment("options.toy.dim=8"),
+        parse_assignment("options.other.name=a"),
+    )
+    assert cfg.options == {"toy": {"dim": 8, "noise": [0.1, 0.2]}, "other": {"name": "a"}}
+    assert from_dict(to_dict(cfg)) == cfg and build_config().options == {}
+    with pytest.raises(UserError, match="incompatible"):
+        build_config({"options": {"toy": 3}})  # each modality's options are a mapping
+
+
+def test_recipe_files_registered_from_outside(tmp_path, monkeypatch):
+    import simclr.config
+
+    monkeypatch.setattr(simclr.config, "_RECIPE_FILES", {})
+    (tmp_path / "mine.yaml").write_text("train: {batch_size: 8}\n")
+    assert simclr.config.register_recipe_file(tmp_path / "mine.yaml") == "mine"
+    assert recipe_names()[-1] == "mine" and "cpu-small" in recipe_names()
+    assert build_config(recipe_overrides("mine")).train.batch_size == 8
+    (tmp_path / "cpu-small.yaml").write_text("{}\n")
+    with pytest.raises(ValueError, match="exists already"):
+        simclr.config.register_recipe_file(tmp_path / "cpu-small.yaml")

@@ -4,17 +4,18 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 import torch
 
+from simclr import clock as clock_module
 from simclr import train as train_module
 from simclr.checkpoint import load_checkpoint
+from simclr.clock import Budget
 from simclr.config import build_config
 from simclr.errors import UserError
 from simclr.models.simclr import SimCLR
-from simclr.train import Budget, pretrain
+from simclr.train import pretrain
 
 TINY = {
     "model": {"backbone": "resnet18", "width": 0.0625, "stem": "cifar", "head": "v2"},
@@ -43,7 +44,7 @@ def fake_clock(monkeypatch):
         now[0] += 0.01
         return now[0]
 
-    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(clock_module, "now", clock)
 
 
 def crash_after_first_checkpoint(cfg, run_dir, monkeypatch):

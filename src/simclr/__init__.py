@@ -11,6 +11,7 @@ from simclr.config import Config as Config
 from simclr.config import build_config as build_config
 from simclr.data.datasets import array_dataset as array_dataset
 from simclr.data.datasets import build_dataset as build_dataset
+from simclr.evaluate.classifier import ClassifierTraining as ClassifierTraining
 from simclr.evaluate.cluster import cluster as cluster
 from simclr.evaluate.features import extract_features as extract_features
 from simclr.evaluate.features import load_encoder as load_encoder

@@ -16,11 +16,14 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
 from simclr.cli_tools import add_commands
+from simclr.config import parse_assignment
 from simclr.errors import UserError
+from simclr.modalities import modality_names
 
 EXIT_USAGE = 2
 
@@ -68,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pre.add_argument(
         "--modality",
-        choices=("image", "audio", "timeseries", "text", "tabular"),
+        choices=modality_names(),
         help="kind of data (default: detected from --data); a modality other than image "
         "starts from its recipe <modality>-small unless --recipe is given",
     )
@@ -135,73 +138,56 @@ _FLAG_KEYS: list[tuple[str, str, type]] = [
 ]
 
 
-def _resolve_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Any:
-    """The run's configuration, with ``data.modality`` decided.
-
-    Data that is not images, with no ``--recipe`` and no resumed config, starts from its
-    modality's recipe ``<modality>-small``: the modality is the one the other layers name or
-    detect (``--modality``, ``--data``, ``--config``, ``--set``), and the recipe goes under them.
-    """
-    from simclr.config import (
-        build_config,
-        modality_recipe,
-        parse_assignment,
-        read_yaml,
-        recipe_overrides,
-    )
-    from simclr.modalities import resolve_modality
-
-    first: list[dict[str, Any]] = [base] if base else []
-    layers: list[dict[str, Any]] = [read_yaml(args.config)] if args.config else []
+def _flag_overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The pretraining flags, then each ``--set``, as override layers."""
     flags: dict[str, Any] = {}
     for _, key, _ in _FLAG_KEYS:
         value = getattr(args, key.replace(".", "__"))
         if value is not None:
             section, name = key.split(".")
             flags.setdefault(section, {})[name] = value
-    if args.data is not None:
-        flags.setdefault("data", {})["path"] = args.data
-    if args.modality is not None:
-        flags.setdefault("data", {})["modality"] = args.modality
-    if args.eval_data is not None:
-        flags.setdefault("eval", {})["data"] = args.eval_data
-    if args.eval_train_data is not None:
-        flags.setdefault("eval", {})["train_data"] = args.eval_train_data
-    layers.append(flags)
-    layers += [parse_assignment(text) for text in args.overrides]
-    recipe = [recipe_overrides(args.recipe)] if args.recipe else []
-    cfg = resolve_modality(build_config(*first, *recipe, *layers))
-    default_recipe = modality_recipe(cfg.data.modality)
-    if base is None and not args.recipe and default_recipe is not None:
-        cfg = resolve_modality(build_config(recipe_overrides(default_recipe), *layers))
-    return cfg
+    for section, name, value in (
+        ("data", "path", args.data),
+        ("data", "modality", args.modality),
+        ("eval", "data", args.eval_data),
+        ("eval", "train_data", args.eval_train_data),
+    ):
+        if value is not None:
+            flags.setdefault(section, {})[name] = value
+    return [flags, *(parse_assignment(text) for text in args.overrides)]
 
 
 def _run_pretrain(args: argparse.Namespace) -> int:
     from simclr import distributed
     from simclr.config import to_yaml
+    from simclr.resolve import resolve_config
     from simclr.train import pretrain
 
     if args.resume and args.out is None:
         raise UserError("--resume needs --out RUN_DIR, the run to continue")
     with distributed.process_group_from_env():
-        # Rank 0 names the run folder and reads the checkpoint's config; the others follow it.
+        # Rank 0 names the run folder and reads the checkpoint; the others follow it.
         if not distributed.is_main():
             logging.getLogger("simclr").setLevel(logging.WARNING)
-        run_dir, base = distributed.run_on_main(lambda: _run_dir_and_config(args))
-        cfg = _resolve_config(args, base)
+        run_dir, state = distributed.run_on_main(partial(_run_dir_and_checkpoint, args))
+        cfg = resolve_config(
+            recipe=args.recipe,
+            config_file=args.config,
+            overrides=_flag_overrides(args),
+            base=None if state is None else state["config"],
+        )
         if args.print_config:
             if distributed.is_main():
                 print(to_yaml(cfg), end="")
             return 0
-        summary = pretrain(cfg, run_dir, resume=args.resume)
+        summary = pretrain(cfg, run_dir, resume=args.resume, state=state)
         if distributed.is_main():
             print(json.dumps({"run_dir": str(run_dir), **summary}))
     return 0
 
 
-def _run_dir_and_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
-    """The run folder, and the saved config when ``--resume`` finds a checkpoint there."""
+def _run_dir_and_checkpoint(args: argparse.Namespace) -> tuple[Path, dict[str, Any] | None]:
+    """The run folder, and its checkpoint when ``--resume`` finds one there."""
     from simclr.checkpoint import LATEST, load_checkpoint
 
     run_dir = args.out or Path("runs") / time.strftime("simclr-%Y%m%d-%H%M%S")
@@ -211,11 +197,11 @@ def _run_dir_and_config(args: argparse.Namespace) -> tuple[Path, dict[str, Any] 
     if not saved.exists():
         logging.getLogger("simclr").warning("no checkpoint in %s: starting from scratch", run_dir)
         return run_dir, None
-    return run_dir, load_checkpoint(saved)["config"]
+    return run_dir, load_checkpoint(saved)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from simclr.config import build_config, recipe_overrides
+    from simclr.resolve import resolve_config
     from simclr.train import pretrain
 
     overrides: dict[str, Any] = {"train": {}}
@@ -223,7 +209,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         overrides["train"]["max_time"] = args.max_time
     if args.device is not None:
         overrides["train"]["device"] = args.device
-    cfg = build_config(recipe_overrides("digits-demo"), overrides)
+    cfg = resolve_config(recipe="digits-demo", overrides=[overrides])
     run_dir = args.out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
     print(
         f"simclr demo: pretraining {cfg.model.backbone} (width {cfg.model.width}) on the "
@@ -260,9 +246,9 @@ def _run_shards(args: argparse.Namespace) -> int:
 
 
 def _run_recipes(args: argparse.Namespace) -> int:
-    from simclr.config import RECIPES, recipe_overrides
+    from simclr.config import recipe_names, recipe_overrides
 
-    for name in RECIPES:
+    for name in recipe_names():
         print(f"{name}: {json.dumps(recipe_overrides(name))}")
     return 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from simclr.errors import UserError
+from simclr.modalities import modality_names
 
 if TYPE_CHECKING:
     from simclr.data.items import Items
@@ -21,12 +22,32 @@ if TYPE_CHECKING:
 
 def add_commands(commands: Any) -> None:
     """Register the checkpoint commands on the ``simclr`` subparsers."""
+    for add_command in (
+        _add_knn_command,
+        _add_linear_command,
+        _add_finetune_command,
+        _add_cluster_command,
+        _add_embed_command,
+        _add_neighbors_command,
+        _add_export_command,
+        _add_views_command,
+        _add_plot_command,
+        _add_map_command,
+    ):
+        add_command(commands)
+
+
+def _add_knn_command(commands: Any) -> None:
+    """Add ``simclr knn``: weighted kNN accuracy on labelled train/test data."""
     knn = _checkpoint_command(commands, "knn", "weighted kNN accuracy of the frozen encoder")
     _labelled_data_flags(knn)
     knn.add_argument("--k", type=positive_int, help="neighbours (default 200)")
     knn.add_argument("--temperature", type=positive_float, help="vote temperature (default 0.1)")
     knn.set_defaults(run=run_knn)
 
+
+def _add_linear_command(commands: Any) -> None:
+    """Add ``simclr linear``: the linear probe (logistic or the paper's SGD)."""
     linear = _checkpoint_command(commands, "linear", "linear probe on frozen features")
     _labelled_data_flags(linear)
     linear.add_argument(
@@ -40,6 +61,9 @@ def add_commands(commands: Any) -> None:
     linear.add_argument("--max-time", type=positive_float, help="seconds of training (sgd)")
     linear.set_defaults(run=run_linear)
 
+
+def _add_finetune_command(commands: Any) -> None:
+    """Add ``simclr finetune``: fine-tuning with a fraction of the labels."""
     finetune = _checkpoint_command(commands, "finetune", "fine-tune with a fraction of the labels")
     _labelled_data_flags(finetune)
     finetune.add_argument("--label-fraction", type=float, required=True, help="e.g. 0.01, 0.1")
@@ -54,28 +78,45 @@ def add_commands(commands: Any) -> None:
     finetune.add_argument("--seed", type=int, default=0, help="subset and training seed")
     finetune.set_defaults(run=run_finetune)
 
+
+def _add_cluster_command(commands: Any) -> None:
+    """Add ``simclr cluster``: k-means on the embeddings."""
     cluster = _checkpoint_command(commands, "cluster", "k-means on the embeddings: NMI, ARI, acc")
-    cluster.add_argument("--data", required=True, help="images to cluster")
+    cluster.add_argument("--data", required=True, help="data to cluster (any modality)")
     cluster.add_argument("--split", default="test", help="train or test (digits, CIFAR)")
     cluster.add_argument("--k", type=positive_int, help="clusters (default: number of classes)")
     cluster.set_defaults(run=run_cluster)
 
-    embed = _checkpoint_command(commands, "embed", "embeddings of every image to .npy + index")
-    embed.add_argument("--data", required=True, help="images to embed (labels not needed)")
+
+def _add_embed_command(commands: Any) -> None:
+    """Add ``simclr embed``: embeddings of every item to ``.npy`` plus an index."""
+    embed = _checkpoint_command(commands, "embed", "embeddings of every item to .npy + index")
+    embed.add_argument(
+        "--data", required=True, help="data to embed (any modality; labels not needed)"
+    )
     embed.add_argument("--split", default="train", help="train or test (digits, CIFAR)")
     embed.add_argument("--layer", choices=("backbone", "projection"), default="backbone")
     embed.add_argument("--index-format", choices=("csv", "parquet"), default="csv")
     embed.set_defaults(run=run_embed)
 
+
+def _add_neighbors_command(commands: Any) -> None:
+    """Add ``simclr neighbors``: nearest items of a query."""
     near = _checkpoint_command(commands, "neighbors", "nearest images of a query image")
     near.add_argument("--embeddings", type=Path, required=True, help=".npy written by embed")
     near.add_argument("--query", type=Path, required=True, help="query image file")
     near.add_argument("--k", type=positive_int, default=8)
     near.set_defaults(run=run_neighbors)
 
+
+def _add_export_command(commands: Any) -> None:
+    """Add ``simclr export``: the encoder as safetensors, TorchScript, ONNX."""
     export = _checkpoint_command(commands, "export", "encoder as safetensors, TorchScript, ONNX")
     export.set_defaults(run=run_export)
 
+
+def _add_views_command(commands: Any) -> None:
+    """Add ``simclr views``: a picture of augmented view pairs (text: a listing)."""
     views = commands.add_parser("views", help="picture: augmented view pairs (text: a listing)")
     views.add_argument("--data", required=True, help="data to show (any modality)")
     views.add_argument(
@@ -83,7 +124,7 @@ def add_commands(commands: Any) -> None:
     )
     views.add_argument(
         "--modality",
-        choices=("image", "audio", "timeseries", "text", "tabular"),
+        choices=modality_names(),
         help="kind of data (default: detected from --data)",
     )
     views.add_argument(
@@ -99,13 +140,19 @@ def add_commands(commands: Any) -> None:
     views.add_argument("--out", type=Path, default=Path("views.png"), help="PNG (text: .txt)")
     views.set_defaults(run=run_views, command="views")
 
+
+def _add_plot_command(commands: Any) -> None:
+    """Add ``simclr plot``: a picture of a run's loss, lr and kNN curves."""
     plot = commands.add_parser("plot", help="picture: loss, lr and kNN curves of a run")
     plot.add_argument("run_dir", type=Path)
     plot.add_argument("--out", type=Path, help="PNG file (default RUN_DIR/curves.png)")
     plot.set_defaults(run=run_plot, command="plot")
 
+
+def _add_map_command(commands: Any) -> None:
+    """Add ``simclr map``: a 2-D map of the embeddings coloured by label."""
     map_ = _checkpoint_command(commands, "map", "picture: 2-D map of the embeddings by label")
-    map_.add_argument("--data", required=True, help="images to map")
+    map_.add_argument("--data", required=True, help="data to map (any modality)")
     map_.add_argument("--split", default="test", help="train or test (digits, CIFAR)")
     map_.add_argument("--method", choices=("tsne", "umap"), default="tsne")
     map_.add_argument("--max-points", type=positive_int, default=5000)
@@ -214,8 +261,10 @@ def run_knn(args: argparse.Namespace) -> int:
 
 def run_linear(args: argparse.Namespace) -> int:
     """``simclr linear``: the linear probe on frozen features."""
+    import dataclasses
+
     from simclr.data.datasets import require_labels
-    from simclr.evaluate.linear import linear_probe, linear_probe_sgd
+    from simclr.evaluate.linear import SGD_PROBE_TRAINING, linear_probe, linear_probe_sgd
 
     ctx = _Context(args)
     if args.protocol == "logistic":
@@ -225,44 +274,52 @@ def run_linear(args: argparse.Namespace) -> int:
         result = linear_probe(train, test, seed=ctx.config.train.seed)
         result["protocol"]["features"] = protocol
         return ctx.emit("linear", result)
-    train_set = _labelled_dataset(ctx, args.train_data, "train")
-    test_set = _labelled_dataset(ctx, args.test_data, "test")
+    train_set = ctx.modality.classifier_data(args.train_data, split="train")
+    test_set = ctx.modality.classifier_data(args.test_data, split="test")
+    training = dataclasses.replace(
+        SGD_PROBE_TRAINING,
+        epochs=args.epochs,
+        seed=ctx.config.train.seed,
+        max_time=args.max_time,
+        num_workers=ctx.workers,
+    )
     result = linear_probe_sgd(
         ctx.encoder.model.backbone,
         train_set,
         test_set,
         size=ctx.config.augment.size,
-        epochs=args.epochs,
+        training=training,
         device=ctx.device,
-        seed=ctx.config.train.seed,
-        num_workers=ctx.workers,
-        max_time=args.max_time,
     )
     return ctx.emit("linear-sgd", result)
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     """``simclr finetune``: backbone + new classifier on a class-balanced label subset."""
+    from simclr.evaluate.classifier import ClassifierTraining
     from simclr.evaluate.finetune import balanced_subset, finetune, subset_names
 
     ctx = _Context(args)
-    train_set = _labelled_dataset(ctx, args.train_data, "train")
-    test_set = _labelled_dataset(ctx, args.test_data, "test")
+    train_set = ctx.modality.classifier_data(args.train_data, split="train")
+    test_set = ctx.modality.classifier_data(args.test_data, split="test")
+    training = ClassifierTraining(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        max_time=args.max_time,
+        num_workers=ctx.workers,
+    )
     result = finetune(
         None if args.from_scratch else ctx.encoder.model,
         ctx.config,
         train_set,
         test_set,
         fraction=args.label_fraction,
+        training=training,
         keep_projection_layers=args.keep_projection_layers,
         from_scratch=args.from_scratch,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
         device=ctx.device,
-        seed=args.seed,
-        max_time=args.max_time,
-        num_workers=ctx.workers,
     )
     from simclr.checkpoint import run_dir_of
 
@@ -335,17 +392,18 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_views(args: argparse.Namespace) -> int:
     """``simclr views``: draw augmented view pairs of some items (a listing for text)."""
-    from simclr.config import build_config, modality_recipe, parse_assignment, recipe_overrides
-    from simclr.modalities import modality_for, resolve_modality
+    from simclr.config import parse_assignment
+    from simclr.modalities import modality_for
+    from simclr.resolve import resolve_config
 
-    data = {"path": args.data, "modality": args.modality or "auto"}
-    overrides = [parse_assignment(text) for text in args.overrides]
-    modality_name = resolve_modality(build_config({"data": data}, *overrides)).data.modality
-    # images: the small CPU recipe's 32 px views rather than the ImageNet defaults' 224 px
-    recipe = args.recipe or modality_recipe(modality_name) or "cpu-small"
-    cfg = build_config(recipe_overrides(recipe), {"data": data}, *overrides)
-    modality = modality_for(cfg)
-    dataset, _ = modality.open(args.data, split="train")
+    data = {"path": args.data, **({"modality": args.modality} if args.modality else {})}
+    cfg = resolve_config(
+        recipe=args.recipe,
+        overrides=[{"data": data}, *(parse_assignment(text) for text in args.overrides)],
+        image_recipe="cpu-small",  # the 32 px views rather than the ImageNet defaults' 224 px
+    )
+    dataset, fitted = modality_for(cfg).open(args.data, split="train")
+    modality = modality_for(cfg, fitted)
     print(modality.draw_views(dataset, args.out, num_items=args.num_images, seed=args.seed))
     return 0
 
@@ -376,23 +434,3 @@ def run_map(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
-
-
-def _labelled_dataset(ctx: _Context, spec: str, split: str) -> Any:
-    from simclr.data.datasets import build_dataset
-
-    if ctx.modality.name != "image":
-        raise UserError(
-            f"this protocol trains with image crops; for a {ctx.modality.name} checkpoint use "
-            "knn, linear (logistic) or cluster"
-        )
-    dataset = build_dataset(
-        spec,
-        split=split,
-        size=ctx.config.augment.size,
-        in_memory=ctx.config.data.in_memory,
-        num_workers=ctx.workers,
-    )
-    if not dataset.has_labels:
-        raise UserError(f"{spec} has no labels; this protocol needs class subfolders")
-    return dataset

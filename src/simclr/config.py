@@ -23,20 +23,22 @@ from simclr.errors import UserError, first_line
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from and how they are loaded."""
+    """Where the training data (of any modality) comes from and how it is loaded."""
 
     path: str = "digits"
-    """An image folder (class subfolders or flat), a torchvision CIFAR root, a ``.npy``/``.npz``
-    file of uint8 images, the built-in ``digits``, or WebDataset shards (their ``shards.json``,
-    by path or URL, or its folder; written by ``simclr shards``)."""
+    """The training data, read by the modality: for images an image folder (class subfolders or
+    flat), a torchvision CIFAR root, a ``.npy``/``.npz`` file of uint8 images, the built-in
+    ``digits``, or WebDataset shards (their ``shards.json``, by path or URL, or its folder;
+    written by ``simclr shards``); see docs/modalities.md for the others."""
     in_memory: str = "auto"
     """``auto`` decodes datasets of small images (at most 64 px) once into a uint8 tensor;
     ``always`` / ``never`` force it."""
     num_workers: int = 2
     """Loader processes that decode and crop files (unused for in-memory data)."""
     modality: str = "auto"
-    """``image``, ``audio``, ``timeseries``, ``text`` or ``tabular``; ``auto`` detects it from
-    ``path`` where that is unambiguous (see :mod:`simclr.modalities`)."""
+    """A registered modality (``image``, ``audio``, ``timeseries``, ``text``, ``tabular`` or one
+    added with :func:`simclr.modalities.register_modality`); ``auto`` detects it from ``path``
+    where that is unambiguous."""
     test_fraction: float = 0.2
     """Data that comes as one collection (a CSV, a table, an array) is split into ``train`` and
     ``test`` with this fraction held out ..."""
@@ -349,39 +351,53 @@ class Config:
     timeseries: TimeSeriesConfig = field(default_factory=TimeSeriesConfig)
     text: TextConfig = field(default_factory=TextConfig)
     tabular: TabularConfig = field(default_factory=TabularConfig)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Settings of modalities registered from outside the package, by modality name
+    (``--set options.<name>.<key>=value``); the built-in modalities have the typed sections
+    above."""
 
 
-RECIPES = (
-    "cpu-small",
-    "cifar10-resnet18",
-    "imagenet-resnet50",
-    "digits-demo",
-    "audio-small",
-    "timeseries-small",
-    "text-small",
-    "tabular-small",
-)
-MODALITIES = ("auto", "image", "audio", "timeseries", "text", "tabular")
-"""Values of ``data.modality``; each non-image modality's default recipe is ``<name>-small``."""
+_RECIPE_FILES: dict[str, Path] = {}
+"""Recipes registered from outside the package (:func:`register_recipe_file`), by name."""
+
+
+def _shipped_recipes() -> list[str]:
+    """Names of the YAML files in ``simclr/recipes``, sorted."""
+    folder = resources.files("simclr.recipes")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def register_recipe_file(path: str | Path) -> str:
+    """Make the YAML file at ``path`` a named recipe; its name is the file's stem.
+
+    Raises:
+        ValueError: the name is a shipped recipe's or another file's, or the file is missing.
+    """
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"recipe file {path} does not exist")
+    name = path.stem
+    if name in _shipped_recipes() or _RECIPE_FILES.get(name, path) != path:
+        raise ValueError(f"a recipe named {name!r} exists already; rename {path}")
+    _RECIPE_FILES[name] = path
+    return name
+
+
+def recipe_names() -> tuple[str, ...]:
+    """Every named recipe: the ones shipped in ``simclr/recipes``, then the registered files."""
+    return (*_shipped_recipes(), *_RECIPE_FILES)
 
 
 def recipe_overrides(name: str) -> dict[str, Any]:
-    """The YAML overrides of a named recipe (they ship in ``simclr/recipes``)."""
-    if name not in RECIPES:
-        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    """The YAML overrides of a named recipe (shipped or registered)."""
+    if name in _RECIPE_FILES:
+        return read_yaml(_RECIPE_FILES[name])
+    if name not in _shipped_recipes():
+        raise UserError(f"unknown recipe {name!r}; choose from {', '.join(recipe_names())}")
     text = resources.files("simclr.recipes").joinpath(f"{name}.yaml").read_text()
     loaded = yaml.safe_load(text) or {}
     assert isinstance(loaded, dict)
     return loaded
-
-
-def modality_recipe(modality: str) -> str | None:
-    """The recipe a run on ``modality`` data starts from when none is named.
-
-    ``<modality>-small`` for every modality but images, whose plain defaults are the paper's
-    ImageNet settings; ``None`` for images.
-    """
-    return None if modality == "image" else f"{modality}-small"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -462,7 +478,11 @@ def to_yaml(config: Config) -> str:
 
 
 def validate(config: Config) -> None:
-    """Reject values that would fail later or silently train nonsense."""
+    """Reject values that would fail later or silently train nonsense.
+
+    ``data.modality`` is checked where modalities are registered
+    (:func:`simclr.modalities.resolve_modality`).
+    """
     t, o, m, a = config.train, config.optim, config.model, config.augment
     checks = [
         (t.batch_size >= 2, f"train.batch_size must be at least 2 (got {t.batch_size})"),
@@ -503,10 +523,6 @@ def validate(config: Config) -> None:
         (config.eval.temperature > 0, "eval.temperature must be > 0"),
         (config.data.in_memory in ("auto", "always", "never"), "data.in_memory: auto|always|never"),
         (config.data.num_workers >= 0, "data.num_workers must be >= 0"),
-        (
-            config.data.modality in MODALITIES,
-            f"data.modality must be one of {', '.join(MODALITIES)}",
-        ),
         (0 < config.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
     ]
     for section in (config.audio, config.timeseries, config.text, config.tabular):

@@ -1,11 +1,12 @@
 """Use a trained encoder outside this package: embeddings, nearest images and portable model files.
 
-* :func:`embed` writes the features of every image of a dataset to ``X.npy`` (float32 ``[N, D]``),
-  with ``X.index.csv`` (or ``.parquet``) naming the image of each row and ``X.json`` saying how
-  they were made (layer, preprocessing, checkpoint SHA-256).
-* :func:`neighbors` embeds one more image the same way and finds its most similar rows.
-* :func:`export_encoder` writes the backbone as safetensors weights + ``config.json`` (reload with
-  :func:`load_exported_encoder`, no checkpoint needed), as TorchScript and as ONNX.
+* :func:`embed` writes the features of every item of a dataset (any modality) to ``X.npy``
+  (float32 ``[N, D]``), with ``X.index.csv`` (or ``.parquet``) naming the item of each row and
+  ``X.json`` saying how they were made (layer, preprocessing, checkpoint SHA-256).
+* :func:`neighbors` embeds one more image the same way and finds its most similar rows (image
+  encoders only).
+* :func:`export_encoder` writes the image backbone as safetensors weights + ``config.json``
+  (reload with :func:`load_exported_encoder`, no checkpoint needed), as TorchScript and as ONNX.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from torch import Tensor, nn
 
 from simclr.config import to_dict
 from simclr.data.datasets import TensorImages, read_image
+from simclr.data.items import Items
 from simclr.errors import UserError, first_line
-from simclr.evaluate.features import Encoder, dataset_features, extract_features
+from simclr.evaluate.features import Encoder, Features, dataset_features, extract_features
 from simclr.models import create_backbone
 
 INDEX_FORMATS = ("csv", "parquet")
@@ -58,37 +60,33 @@ def embed(
     batch_size: int = 512,
     cache: bool = True,
 ) -> dict[str, Any]:
-    """Write the features of every readable image of ``spec`` to ``out`` (``.npy``).
+    """Write the features of every readable item of ``spec`` to ``out`` (``.npy``).
 
-    Row ``i`` of the array is the image on row ``i`` of the index file; unreadable files are
+    Items are read by the checkpoint's modality (image files, audio clips, text records, ...).
+    Row ``i`` of the array is the item on row ``i`` of the index file; unreadable items are
     skipped, never given a row. Labels are optional: they are written to the index when the
     data has them.
 
     Args:
         encoder: From :func:`simclr.evaluate.features.load_encoder`.
-        spec: Data to embed (see :func:`simclr.data.datasets.build_dataset`).
+        spec: Data to embed, read by the checkpoint's modality (images: see
+            :func:`simclr.data.datasets.build_dataset`).
         out: The ``.npy`` file (the suffix is added when missing, as ``np.save`` does).
         layer: ``backbone`` (h, the representation) or ``projection`` (z).
         split: ``train`` or ``test`` for datasets that carry both.
         index_format: ``csv`` or ``parquet`` (needs pyarrow).
         device: Where the encoder runs.
         num_workers: Loader processes.
-        batch_size: Images per forward pass.
+        batch_size: Items per forward pass.
         cache: Reuse the features cached beside the checkpoint.
 
     Returns:
         The metadata written to ``X.json``, with absolute paths under ``files``.
 
     Shape:
-        the array is float32 ``[N, D]``, N = readable images.
+        the array is float32 ``[N, D]``, N = readable items.
     """
-    if index_format not in INDEX_FORMATS:
-        raise UserError(f"unknown index format {index_format!r}; choose csv or parquet")
-    if index_format == "parquet":
-        _optional_module("pyarrow", "to write a parquet index")  # fail before the slow part
-    if Path(out).is_dir():
-        raise UserError(f"{out} is a folder; give the .npy file to write")
-    out = _npy_path(Path(out))
+    out = _checked_embedding_path(Path(out), index_format)
     features, dataset, protocol = dataset_features(
         encoder,
         spec,
@@ -100,19 +98,55 @@ def embed(
         cache=cache,
     )
     matrix = features.features.numpy().astype(np.float32, copy=False)
-    columns: dict[str, list[Any]] = {
-        "row": list(range(len(matrix))),
-        "path": [_absolute_if_file(dataset.names[i]) for i in features.index.tolist()],
-    }
-    if dataset.has_labels:
-        columns["label"] = features.labels.tolist()
-        columns["class"] = [dataset.classes[label] for label in columns["label"]]
+    columns = _index_columns(features, dataset)
     paths = _embedding_files(out, index_format)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths["metadata"].unlink(missing_ok=True)  # an interrupted rewrite must not look complete
     np.save(out, matrix)
     _write_index(paths["index"], columns, index_format)
-    metadata = {
+    metadata = _embedding_metadata(
+        encoder, matrix, paths, columns, index_format=index_format, layer=layer, protocol=protocol
+    )
+    # written last: a metadata file means the array and the index beside it are complete
+    paths["metadata"].write_text(json.dumps(metadata, indent=2) + "\n")
+    return {**metadata, "files": {name: str(path.resolve()) for name, path in paths.items()}}
+
+
+def _checked_embedding_path(out: Path, index_format: str) -> Path:
+    """The ``.npy`` path :func:`embed` writes, after failing early on a bad format or a folder."""
+    if index_format not in INDEX_FORMATS:
+        raise UserError(f"unknown index format {index_format!r}; choose csv or parquet")
+    if index_format == "parquet":
+        _optional_module("pyarrow", "to write a parquet index")  # fail before the slow part
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give the .npy file to write")
+    return _npy_path(out)
+
+
+def _index_columns(features: Features, dataset: Items) -> dict[str, list[Any]]:
+    """The index file's columns: ``row``, ``path`` and, for labelled data, ``label``, ``class``."""
+    columns: dict[str, list[Any]] = {
+        "row": list(range(len(features.features))),
+        "path": [_absolute_if_file(dataset.names[i]) for i in features.index.tolist()],
+    }
+    if dataset.has_labels:
+        columns["label"] = features.labels.tolist()
+        columns["class"] = [dataset.classes[label] for label in columns["label"]]
+    return columns
+
+
+def _embedding_metadata(
+    encoder: Encoder,
+    matrix: np.ndarray,
+    paths: dict[str, Path],
+    columns: dict[str, list[Any]],
+    *,
+    index_format: str,
+    layer: str,
+    protocol: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of ``X.json``: file names, columns, shape and how the features were made."""
+    return {
         "files": {name: path.name for name, path in paths.items()},
         "index_format": index_format,
         "columns": list(columns),
@@ -128,9 +162,6 @@ def embed(
         },
         "checkpoint": encoder.info,
     }
-    # written last: a metadata file means the array and the index beside it are complete
-    paths["metadata"].write_text(json.dumps(metadata, indent=2) + "\n")
-    return {**metadata, "files": {name: str(path.resolve()) for name, path in paths.items()}}
 
 
 def nearest_neighbors(
@@ -516,7 +547,7 @@ def _embedding_files(out: Path, index_format: str) -> dict[str, Path]:
 
 
 def _absolute_if_file(name: str) -> str:
-    """Image files as absolute paths (usable from any folder); synthetic names as they are."""
+    """Item files as absolute paths (usable from any folder); other names as they are."""
     return os.path.abspath(name) if os.path.isfile(name) else name
 
 

@@ -1,14 +1,8 @@
 """The NT-Xent contrastive loss of SimCLR (Chen et al. 2020, arXiv 2002.05709, section 2.1).
 
-For a batch of N images, the two augmented views give 2N projections. Each of them is an anchor
-whose positive is the other view of the same image and whose negatives are the other 2(N - 1)
-projections:
-
-    l(i, j) = -log  exp(sim(z_i, z_j) / t) / sum_{k != i} exp(sim(z_i, z_k) / t)
-
-with sim the cosine similarity and t the temperature. The loss is the mean of l over all 2N
-anchors (the paper: "The final loss is computed across all positive pairs, both (i, j) and
-(j, i), in a mini-batch").
+:func:`nt_xent` defines it; :class:`NTXentLoss` is the same as a module. The backward pass is
+written by hand (:class:`_BlockedContrastiveCrossEntropy`): no gradient matrix the size of the
+similarity matrix is ever formed.
 """
 
 from __future__ import annotations
@@ -34,46 +28,34 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[obj
 
 
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) -> Tensor:
-    """NT-Xent (normalized temperature-scaled cross-entropy) loss of SimCLR.
+    """NT-Xent (normalised temperature-scaled cross-entropy), the contrastive loss of SimCLR.
 
-    "The final loss is computed across all positive pairs, both (i, j) and (j, i), in a
-    mini-batch." (Chen et al. 2020, section 2.1.) Row i of ``z1`` and row i of ``z2`` are the
-    positive pair; every other projection in the batch is a negative.
+    Row i of ``z1`` and row i of ``z2`` are two views of one item. Each of the 2N projections is
+    an anchor i whose positive j is the other view of its item and whose negatives are the other
+    2(N - 1) projections:
 
-    Convention: the returned value is the *mean* of l(i, j) over all 2N anchors, exactly the
-    paper's formula. The official TensorFlow code reports twice this number, because it adds two
-    cross-entropies (view 1 as anchors, view 2 as anchors) that are each averaged over N. Its
-    gradients are therefore twice ours; the minimum, log(1) = 0, and the ranking of runs agree.
+        l(i, j) = -log  exp(sim(z_i, z_j) / t) / sum_{k != i} exp(sim(z_i, z_k) / t)
 
-    The projections are L2-normalised in (at least) float32 with autocast turned off, so bf16 or
-    fp16 inputs from a mixed-precision forward pass are stable. The self-similarity of each anchor
-    is masked with ``-inf`` (it contributes neither to the value nor to the gradient), and the
-    per-anchor loss is a log-sum-exp cross-entropy, finite even at t = 0.01.
+    with sim the cosine similarity and t the temperature. The value is the mean of l over the 2N
+    anchors, the paper's "all positive pairs, both (i, j) and (j, i)". Google's reference code
+    reports twice this (two cross-entropies, each a mean over N): its gradients are twice ours;
+    the minimum, 0, and the ranking of runs agree.
 
-    Distributed: when ``gather`` is True and a process group with K > 1 processes is
-    initialised, the normalised projections of all processes are gathered (with gradient, see
-    :func:`simclr.distributed.all_gather_with_grad`), so every anchor sees the 2KN - 1 other
-    projections of the global batch. The loss is the mean over this rank's 2N anchors; with DDP
-    averaging the gradients, K processes with batch N equal one process with batch KN. Every rank
-    must pass the same N.
+    Projections are L2-normalised in float32 (at least) with autocast off, self-similarities
+    masked (no value, no gradient): finite for bf16/fp16 inputs and at t = 0.01.
 
-    Args:
-        z1: projections of the first views.
-        z2: projections of the second views.
-        temperature: t > 0.
-        gather: use the negatives of all processes when running distributed.
-
-    Returns:
-        A scalar tensor (float32, or float64 for float64 inputs).
+    With ``gather`` and a process group of K > 1 processes, the normalised projections of all
+    processes are gathered with gradient (:func:`simclr.distributed.all_gather_with_grad`): each
+    anchor sees the 2KN - 1 other projections of the global batch, and the value is the mean over
+    this rank's 2N anchors, so with DDP's gradient averaging K processes with batch N equal one
+    process with batch KN. Every rank must pass the same N.
 
     Raises:
-        ValueError: for a non-positive temperature or inputs that are not two equal ``[N, D]``
+        ValueError: a non-positive temperature, or inputs that are not two equal ``[N, D]``
             matrices with N >= 1.
 
     Shape:
-        - z1: ``(N, D)``
-        - z2: ``(N, D)``
-        - Output: ``()``
+        z1, z2 ``[N, D]`` -> a scalar (float32, or float64 for float64 inputs).
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0 (got {temperature})")
@@ -101,7 +83,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) 
                 ]
             )
 
-        local = torch.arange(n, device=anchors.device) + offset  # (N,) global row of each image
+        local = torch.arange(n, device=anchors.device) + offset  # (N,) global row of each item
         self_cols = torch.cat([local, local + m])  # (2N,) column of each anchor itself
         pos_cols = torch.cat([local + m, local])  # (2N,) column of each anchor's positive
         loss: Tensor = _BlockedContrastiveCrossEntropy.apply(
@@ -264,11 +246,7 @@ def _masked_logits(
 
 
 class NTXentLoss(nn.Module):
-    """NT-Xent loss of SimCLR as a module; see :func:`nt_xent` for the details.
-
-    "The final loss is computed across all positive pairs, both (i, j) and (j, i), in a
-    mini-batch." (Chen et al. 2020, section 2.1.) The value is the mean over the 2N anchors
-    (half of what the official TensorFlow code reports).
+    """:func:`nt_xent` (its definition, convention and shapes) as a module.
 
     Args:
         temperature: t > 0 (the paper uses 0.1 for large batches, 0.5 for CIFAR-10).
@@ -276,11 +254,6 @@ class NTXentLoss(nn.Module):
 
     Raises:
         ValueError: for a non-positive temperature.
-
-    Shape:
-        - z1: ``(N, D)``, projections of the first views
-        - z2: ``(N, D)``, projections of the second views (row i pairs with row i of ``z1``)
-        - Output: ``()``
     """
 
     def __init__(self, temperature: float = 0.5, gather_distributed: bool = True) -> None:
@@ -291,7 +264,7 @@ class NTXentLoss(nn.Module):
         self.gather_distributed = gather_distributed
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
-        """The mean NT-Xent loss of the positive pairs (z1[i], z2[i])."""
+        """NT-Xent of the positive pairs (z1[i], z2[i]): ``[N, D]`` twice -> a scalar."""
         return nt_xent(z1, z2, self.temperature, gather=self.gather_distributed)
 
     def extra_repr(self) -> str:

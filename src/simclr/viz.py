@@ -25,12 +25,13 @@ from simclr.augment.views import SimCLRViews
 from simclr.config import AugmentConfig
 from simclr.data.datasets import FileImages, ImageDataset, TensorImages, read_image
 from simclr.errors import UserError
-from simclr.evaluate.features import Features
 from simclr.metrics import read_metrics
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+    from simclr.evaluate.features import Features  # viz sits below evaluate (pictures of views)
 
 log = logging.getLogger("simclr")
 
@@ -305,10 +306,33 @@ def draw_map(
         features, method=method, seed=seed, max_points=max_points
     )
     labels = features.labels[positions].numpy()
-    import matplotlib
-
     fig = _figure(MAP_SIZE_IN, layout="constrained")
     ax = fig.subplots()
+    num_classes = _scatter_by_class(ax, coords, labels, class_names)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.suptitle(_map_title(title, method, protocol, num_classes), fontsize=11)
+    return _save(fig, out, dpi, description=json.dumps(protocol))
+
+
+def _legend_fits(num_classes: int) -> bool:
+    """Whether a map of ``num_classes`` classes gets a legend and a qualitative colour map."""
+    return num_classes <= MAP_LEGEND_MAX_CLASSES
+
+
+def _scatter_by_class(
+    ax: Axes, coords: np.ndarray, labels: np.ndarray, class_names: Sequence[str] | None
+) -> int:
+    """Scatter the points: unlabelled grey, one colour per class; return the number of classes.
+
+    A legend beside the map names the classes when they are few enough (:func:`_legend_fits`).
+
+    Shape:
+        coords float ``[N, 2]``, labels int ``[N]`` (-1 = unlabelled).
+    """
+    import matplotlib
+
     size = float(np.clip(20000 / len(coords), 3, 30))
     classes = sorted(int(c) for c in np.unique(labels) if c >= 0)
     unlabelled = labels < 0
@@ -321,7 +345,7 @@ def draw_map(
             linewidths=0,
             label="unlabelled",
         )
-    legend = len(classes) <= MAP_LEGEND_MAX_CLASSES
+    legend = _legend_fits(len(classes))
     cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20" if legend else "turbo"]
     for number, label in enumerate(classes):
         color = cmap(number if legend else number / max(1, len(classes) - 1))
@@ -342,19 +366,17 @@ def draw_map(
             fontsize=10,
             frameon=False,
         )
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_aspect("equal", adjustable="datalim")
+    return len(classes)
+
+
+def _map_title(title: str | None, method: str, protocol: dict[str, Any], num_classes: int) -> str:
+    """The map's two title lines: ``title``, then the method and how many points it shows."""
     method_name = "t-SNE" if method == "tsne" else "UMAP"
     shown = f"{protocol['num_points']:,}" + (
         f" of {protocol['num_total']:,}" if protocol["num_points"] < protocol["num_total"] else ""
     )
-    extra = "" if legend else f", {len(classes)} classes (no legend)"
-    fig.suptitle(
-        f"{title or 'embedding map'}\n{method_name} of {shown} L2-normalised features{extra}",
-        fontsize=11,
-    )
-    return _save(fig, out, dpi, description=json.dumps(protocol))
+    extra = "" if _legend_fits(num_classes) else f", {num_classes} classes (no legend)"
+    return f"{title or 'embedding map'}\n{method_name} of {shown} L2-normalised features{extra}"
 
 
 def _single_openmp_thread() -> Any:

@@ -6,6 +6,7 @@ from simclr.config import build_config
 from simclr.data.datasets import FileImages, build_dataset
 from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
+from simclr.evaluate.classifier import ClassifierTraining
 from simclr.evaluate.features import load_encoder
 from simclr.evaluate.finetune import (
     balanced_subset,
@@ -30,16 +31,9 @@ def tiny_run(tmp_path_factory):
     return load_encoder(root / "run"), dataset
 
 
-def settings(**overrides):
-    base = {
-        "fraction": 0.5,
-        "epochs": 2,
-        "batch_size": 4,
-        "lr": 0.5,
-        "num_workers": 0,
-        "precision": "fp32",
-    }
-    return base | overrides
+def settings(fraction=0.5, **overrides):
+    base = {"epochs": 2, "batch_size": 4, "lr": 0.5, "num_workers": 0, "precision": "fp32"}
+    return {"fraction": fraction, "training": ClassifierTraining(**(base | overrides))}
 
 
 def test_balanced_subset_counts_determinism_and_seed():

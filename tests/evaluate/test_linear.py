@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from simclr.config import build_config
 from simclr.data.datasets import build_dataset
 from simclr.errors import UserError
 from simclr.evaluate import linear as linear_module
+from simclr.evaluate.classifier import ClassifierTraining
 from simclr.evaluate.features import Features, extract_features
 from simclr.evaluate.linear import linear_probe, linear_probe_sgd, validation_split
 from simclr.modalities.image import image_modality
@@ -126,9 +129,8 @@ def test_both_probes_leave_the_backbone_unchanged(image_folder):
 
     features = extract_features(backbone, dataset, modality=image_modality(16, num_workers=0))
     logistic = linear_probe(features, features, val_fraction=0.25)
-    sgd = linear_probe_sgd(
-        backbone, dataset, dataset, size=16, epochs=2, batch_size=8, num_workers=0
-    )
+    training = replace(linear_module.SGD_PROBE_TRAINING, epochs=2, batch_size=8, num_workers=0)
+    sgd = linear_probe_sgd(backbone, dataset, dataset, size=16, training=training)
     after = backbone.state_dict()
     assert before.keys() == after.keys()
     for name, value in before.items():
@@ -151,11 +153,9 @@ def test_sgd_probe_learns_a_linearly_separable_feature(image_folder):
         dataset,
         dataset,
         size=16,
-        epochs=8,
-        batch_size=8,
-        lr=8.0,
-        num_workers=0,
-        precision="fp32",
+        training=ClassifierTraining(
+            epochs=8, batch_size=8, lr=8.0, num_workers=0, precision="fp32"
+        ),
     )
     assert result["top1"] == 100.0
     assert result["protocol"]["classifier_init"] == "zeros"
@@ -166,8 +166,9 @@ def test_sgd_probe_needs_labels(tmp_path):
     images = np.zeros((4, 16, 16, 3), dtype=np.uint8)
     np.save(tmp_path / "x.npy", images)
     unlabelled = build_dataset(str(tmp_path / "x.npy"), size=16)
+    training = replace(linear_module.SGD_PROBE_TRAINING, epochs=1)
     with pytest.raises(UserError, match="no labels"):
-        linear_probe_sgd(nn.Flatten(), unlabelled, unlabelled, size=16, epochs=1)
+        linear_probe_sgd(nn.Flatten(), unlabelled, unlabelled, size=16, training=training)
 
 
 def test_default_grid_is_log_spaced():

@@ -69,10 +69,10 @@ class _Rows(TensorModality):
     def detect(cls, spec: str) -> bool:
         return False
 
-    def open(self, spec, *, split, fitted=None):
+    def open(self, spec, *, split):
         raise NotImplementedError
 
-    def build_model(self, fitted):
+    def build_model(self):
         raise NotImplementedError
 
     def views(self, seed):

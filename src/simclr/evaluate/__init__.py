@@ -1,5 +1,6 @@
 """Evaluation: extract frozen features once, then score them."""
 
+from simclr.evaluate.classifier import ClassifierTraining as ClassifierTraining
 from simclr.evaluate.cluster import cluster as cluster
 from simclr.evaluate.features import Features as Features
 from simclr.evaluate.features import dataset_features as dataset_features

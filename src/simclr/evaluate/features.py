@@ -1,4 +1,4 @@
-"""Extract once, score many: frozen features of every image, in dataset order, cached on disk.
+"""Extract once, score many: frozen features of every item, in dataset order, cached on disk.
 
 Every evaluation (kNN, linear probe, clustering, embeddings) reads :class:`Features`. They are
 computed with the modality's evaluation preprocessing (for images: resize, centre crop 0.875 for
@@ -69,7 +69,10 @@ class Encoder:
     """The preprocessing fitted on the training data (a tokenizer...; ``{}`` for images)."""
 
     def modality(self, num_workers: int | None = None) -> Modality:
-        """The checkpoint's modality, optionally with another number of loader processes."""
+        """The checkpoint's modality, bound to its fitted preprocessing.
+
+        ``num_workers`` replaces the saved number of loader processes.
+        """
         from simclr.modalities import modality_for
 
         config = self.config
@@ -77,7 +80,7 @@ class Encoder:
             config = dataclasses.replace(
                 config, data=dataclasses.replace(config.data, num_workers=num_workers)
             )
-        return modality_for(config)
+        return modality_for(config, self.fitted)
 
 
 def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encoder:
@@ -93,7 +96,7 @@ def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encode
         )
     fitted = state.get("fitted", {})
     torch.manual_seed(config.train.seed)
-    model = modality_for(config).build_model(fitted)
+    model = modality_for(config, fitted).build_model()
     if not random_init:
         try:
             model.load_state_dict(state["model"])
@@ -207,7 +210,7 @@ def dataset_features(
         layer: ``backbone`` (h, the representation) or ``projection`` (z = g(h)).
         device: Where the encoder runs.
         num_workers: Loader processes.
-        batch_size: Images per forward pass.
+        batch_size: Items per forward pass.
         cache: Read and write ``features/`` beside the checkpoint.
 
     Returns:
@@ -217,7 +220,7 @@ def dataset_features(
     if layer not in LAYERS:
         raise UserError(f"unknown layer {layer!r}; choose backbone or projection")
     modality = encoder.modality(num_workers)
-    dataset, _ = modality.open(spec, split=split, fitted=encoder.fitted)
+    dataset, _ = modality.open(spec, split=split)
     protocol = {
         "features": "backbone output h" if layer == "backbone" else "projection output z",
         "modality": modality.name,

@@ -18,6 +18,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,18 +31,12 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from simclr.config import AugmentConfig, OptimConfig
+from simclr.config import AugmentConfig
 from simclr.data.datasets import ImageDataset, require_labels
 from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
+from simclr.evaluate.classifier import Classifier, ClassifierTraining, train_and_score, zero_linear
 from simclr.evaluate.features import Features
-from simclr.evaluate.finetune import (
-    Classifier,
-    classifier_augment,
-    evaluate_classifier,
-    train_classifier,
-)
-from simclr.runtime import resolve_precision
 
 log = logging.getLogger("simclr")
 
@@ -55,6 +50,9 @@ DEFAULT_TOL = 1e-6
 """L-BFGS gradient tolerance. scikit-learn's 1e-4 stops the warm-started fits at C >= 10 after 0
 iterations on 45k items (the change of the L2 term is below it), so they would all report the
 solution of the previous C; 1e-6 lets every C move, for ~2x the time of 1e-4."""
+SGD_PROBE_TRAINING = ClassifierTraining(epochs=100, batch_size=512, lr=0.1)
+"""The paper's linear-evaluation settings for :func:`linear_probe_sgd`: 100 epochs, batch 512,
+lr 0.1 per 256 images, SGD with momentum 0.9, no weight decay."""
 
 
 def validation_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -134,66 +132,157 @@ def linear_probe(
     Raises:
         UserError: unlabelled features, an empty C grid, or a training set too small to split.
     """
+    grid = _checked_grid(train, test, c_grid)
+    began = time.perf_counter()
+    x_train, y_train = train.features.numpy().astype(np.float32), train.labels.numpy()
+    fit, val = (i.numpy() for i in validation_split(train.labels, val_fraction, seed))
+    with threadpool_limits(limits=threads):
+        search = _search_c(x_train, y_train, fit, val, grid, max_iter=max_iter, tol=tol)
+        final, scores = _fit_final(x_train, y_train, test, search.best_c, max_iter, tol)
+    if int(np.max(final.n_iter_)) >= max_iter:
+        log.warning("linear probe: L-BFGS stopped at max_iter=%d at C=%g", max_iter, search.best_c)
+    result = topk_accuracy(scores, test.labels, torch.from_numpy(final.classes_))
+    return {
+        **result,
+        "best_c": search.best_c,
+        "val_top1": {f"{c:g}": v for c, v in search.val_top1.items()},
+        "val_log_loss": {f"{c:g}": round(v, 4) for c, v in search.val_loss.items()},
+        "seconds": round(time.perf_counter() - began, 2),
+        "protocol": _logistic_protocol(
+            train,
+            test,
+            grid,
+            search,
+            final,
+            fit=fit,
+            val=val,
+            val_fraction=val_fraction,
+            seed=seed,
+            max_iter=max_iter,
+            tol=tol,
+            threads=threads,
+        ),
+    }
+
+
+def _checked_grid(train: Features, test: Features, c_grid: Sequence[float]) -> list[float]:
+    """The C grid in ascending order, after checking that both feature sets have labels."""
     for role, features in (("training", train), ("test", test)):
         if not features.has_labels:
             raise UserError(f"the {role} features have no labels; a linear probe needs classes")
     grid = sorted(float(c) for c in c_grid)
     if not grid or min(grid) <= 0:
         raise UserError(f"the C grid must hold positive values, got {list(c_grid)}")
-    began = time.perf_counter()
-    x_train, y_train = train.features.numpy().astype(np.float32), train.labels.numpy()
-    fit, val = (i.numpy() for i in validation_split(train.labels, val_fraction, seed))
-    with threadpool_limits(limits=threads):
-        scaler = StandardScaler().fit(x_train[fit])
-        x_fit, x_val = scaler.transform(x_train[fit]), scaler.transform(x_train[val])
-        model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
-        val_top1, val_loss, iterations = {}, {}, {}
-        for c in grid:
-            model.set_params(C=c)
-            _fit_quietly(model, x_fit, y_train[fit])
-            val_top1[c] = round(100.0 * float(model.score(x_val, y_train[val])), 2)
-            probabilities = model.predict_proba(x_val)
-            val_loss[c] = float(log_loss(y_train[val], probabilities, labels=model.classes_))
-            iterations[c] = int(np.max(model.n_iter_))
-        best_c = max(grid, key=lambda c: (val_top1[c], -val_loss[c], -c))
+    return grid
 
-        scaler = StandardScaler().fit(x_train)
-        final = LogisticRegression(C=best_c, max_iter=max_iter, tol=tol)
-        _fit_quietly(final, scaler.transform(x_train), y_train)
-        x_test = scaler.transform(test.features.numpy().astype(np.float32))
-        scores = torch.from_numpy(final.predict_proba(x_test))
-    if int(np.max(final.n_iter_)) >= max_iter:
-        log.warning("linear probe: L-BFGS stopped at max_iter=%d at C=%g", max_iter, best_c)
-    result = topk_accuracy(scores, test.labels, torch.from_numpy(final.classes_))
+
+@dataclass
+class _CSearch:
+    """Validation scores per C and the C chosen from them."""
+
+    best_c: float
+    val_top1: dict[float, float]
+    """Percent, rounded to 2 decimals."""
+    val_loss: dict[float, float]
+    iterations: dict[float, int]
+    """L-BFGS iterations of each fit."""
+
+
+def _search_c(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    fit: np.ndarray,
+    val: np.ndarray,
+    grid: list[float],
+    *,
+    max_iter: int,
+    tol: float,
+) -> _CSearch:
+    """Steps 2-3 of :func:`linear_probe`: warm-started fits along the grid, then the choice.
+
+    Args:
+        x_train: Training features. Shape: ``[N, D]`` float32.
+        y_train: Their labels. Shape: ``[N]``.
+        fit: Positions fitted on (:func:`validation_split`).
+        val: Positions scored.
+        grid: Ascending C values.
+        max_iter: L-BFGS iteration cap per fit.
+        tol: L-BFGS gradient tolerance.
+    """
+    scaler = StandardScaler().fit(x_train[fit])
+    x_fit, x_val = scaler.transform(x_train[fit]), scaler.transform(x_train[val])
+    model = LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True)
+    val_top1, val_loss, iterations = {}, {}, {}
+    for c in grid:
+        model.set_params(C=c)
+        _fit_quietly(model, x_fit, y_train[fit])
+        val_top1[c] = round(100.0 * float(model.score(x_val, y_train[val])), 2)
+        probabilities = model.predict_proba(x_val)
+        val_loss[c] = float(log_loss(y_train[val], probabilities, labels=model.classes_))
+        iterations[c] = int(np.max(model.n_iter_))
+    best_c = max(grid, key=lambda c: (val_top1[c], -val_loss[c], -c))
+    return _CSearch(best_c, val_top1, val_loss, iterations)
+
+
+def _fit_final(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    test: Features,
+    c: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[LogisticRegression, Tensor]:
+    """Steps 4-5 of :func:`linear_probe`: refit on the whole training set, predict the test set.
+
+    Returns:
+        The fitted regression and its class probabilities on the test features. Shape:
+        ``[N_test, num_classes]`` float64.
+    """
+    scaler = StandardScaler().fit(x_train)
+    final = LogisticRegression(C=c, max_iter=max_iter, tol=tol)
+    _fit_quietly(final, scaler.transform(x_train), y_train)
+    x_test = scaler.transform(test.features.numpy().astype(np.float32))
+    return final, torch.from_numpy(final.predict_proba(x_test))
+
+
+def _logistic_protocol(
+    train: Features,
+    test: Features,
+    grid: list[float],
+    search: _CSearch,
+    final: LogisticRegression,
+    *,
+    fit: np.ndarray,
+    val: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    max_iter: int,
+    tol: float,
+    threads: int | None,
+) -> dict[str, Any]:
+    """The protocol record of :func:`linear_probe` (its arguments, the search and the final fit)."""
     return {
-        **result,
-        "best_c": best_c,
-        "val_top1": {f"{c:g}": v for c, v in val_top1.items()},
-        "val_log_loss": {f"{c:g}": round(v, 4) for c, v in val_loss.items()},
-        "seconds": round(time.perf_counter() - began, 2),
-        "protocol": {
-            "method": "multinomial logistic regression on frozen features",
-            "features": f"frozen, precomputed, {train.features.shape[1]}-d (float32)",
-            "standardised": "StandardScaler fitted on the training items only (the fit part "
-            "while choosing C, the whole training set for the final fit)",
-            "solver": "lbfgs (scikit-learn LogisticRegression, L2)",
-            "max_iter": max_iter,
-            "tol": tol,
-            "blas_threads": threads,
-            "iterations": {f"{c:g}": n for c, n in iterations.items()}
-            | {"final": int(np.max(final.n_iter_))},
-            "c_grid": grid,
-            "chosen_c": best_c,
-            "selection": "best validation top-1, lowest validation log-loss on ties; fits "
-            "warm-started along the ascending grid",
-            "val_fraction": val_fraction,
-            "split": "stratified by class, carved from the training set; test set unused",
-            "num_fit": len(fit),
-            "num_val": len(val),
-            "num_train": len(y_train),
-            "num_test": len(test.labels),
-            "seed": seed,
-        },
+        "method": "multinomial logistic regression on frozen features",
+        "features": f"frozen, precomputed, {train.features.shape[1]}-d (float32)",
+        "standardised": "StandardScaler fitted on the training items only (the fit part "
+        "while choosing C, the whole training set for the final fit)",
+        "solver": "lbfgs (scikit-learn LogisticRegression, L2)",
+        "max_iter": max_iter,
+        "tol": tol,
+        "blas_threads": threads,
+        "iterations": {f"{c:g}": n for c, n in search.iterations.items()}
+        | {"final": int(np.max(final.n_iter_))},
+        "c_grid": grid,
+        "chosen_c": search.best_c,
+        "selection": "best validation top-1, lowest validation log-loss on ties; fits "
+        "warm-started along the ascending grid",
+        "val_fraction": val_fraction,
+        "split": "stratified by class, carved from the training set; test set unused",
+        "num_fit": len(fit),
+        "num_val": len(val),
+        "num_train": len(train.labels),
+        "num_test": len(test.labels),
+        "seed": seed,
     }
 
 
@@ -210,16 +299,8 @@ def linear_probe_sgd(
     test_set: ImageDataset,
     *,
     size: int,
-    epochs: int = 100,
-    batch_size: int = 512,
-    lr: float = 0.1,
-    momentum: float = 0.9,
-    weight_decay: float = 0.0,
+    training: ClassifierTraining = SGD_PROBE_TRAINING,
     device: torch.device | str = "cpu",
-    seed: int = 0,
-    num_workers: int = 2,
-    max_time: float | None = None,
-    precision: str = "auto",
 ) -> dict[str, Any]:
     """The paper's linear evaluation: SGD on a linear layer over the frozen, augmented backbone.
 
@@ -233,17 +314,9 @@ def linear_probe_sgd(
         train_set: Labelled training images.
         test_set: Labelled test images with the same classes.
         size: Side of the crops and of the test images (the pretraining ``augment.size``).
-        epochs: Passes over the training set (paper: 90-100).
-        batch_size: Images per step.
-        lr: Learning rate per 256 images (scaled linearly with the batch size).
-        momentum: SGD momentum.
-        weight_decay: On the linear weights (paper: 0).
+        training: Epochs (paper: 90-100), batch size, learning rate per 256 images, optimizer,
+            budget and loading (:data:`SGD_PROBE_TRAINING` by default).
         device: Where to run.
-        seed: Data order and augmentation.
-        num_workers: Loader processes for image files.
-        max_time: Seconds of training at most; the cosine then spans the budget.
-        precision: ``auto`` (bf16 where :func:`resolve_precision` picks it), ``bf16``, ``fp16``,
-            ``fp32``.
 
     Returns:
         ``top1``/``top5`` (percent on the test set), ``train_seconds`` and the ``protocol``.
@@ -253,64 +326,28 @@ def linear_probe_sgd(
     was_training = encoder.training
     encoder = encoder.to(device)
     dim = _output_dim(encoder, size, device)
-    fc = nn.Linear(dim, len(train_set.classes))
-    nn.init.zeros_(fc.weight)
-    nn.init.zeros_(fc.bias)
+    fc = zero_linear(dim, len(train_set.classes))
     model = Classifier(encoder, nn.Sequential(), fc, freeze_backbone=True)
-    augment = classifier_augment(AugmentConfig(size=size))
-    precision = resolve_precision(precision, device)
-    optim = OptimConfig(
-        name="sgd", lr=lr, lr_scaling="linear", weight_decay=weight_decay, momentum=momentum
-    )
+    items = torch.arange(len(train_set))
     try:
-        run = train_classifier(
+        result, shared = train_and_score(
             model,
             train_set,
-            torch.arange(len(train_set)),
-            augment,
-            epochs=epochs,
-            batch_size=batch_size,
-            optim=optim,
+            items,
+            test_set,
+            AugmentConfig(size=size),
+            training,
             device=device,
-            seed=seed,
-            max_time=max_time,
-            num_workers=num_workers,
-            precision=precision,
-        )
-        scores = evaluate_classifier(
-            model, test_set, size=size, device=device, num_workers=num_workers
+            show_crop_ratio=False,
         )
     finally:
         encoder.train(was_training)
     return {
-        **scores,
-        "train_seconds": run["train_seconds"],
+        **result,
         "protocol": {
             "method": "linear classifier trained by SGD on the frozen backbone (SimCLR paper)",
             "features": f"backbone output h, {dim}-d, frozen (eval mode, no gradient)",
-            "classifier_init": "zeros",
-            "optimizer": "sgd",
-            "momentum": momentum,
-            "weight_decay": weight_decay,
-            "lr": lr,
-            "lr_scaling": "linear (lr x batch / 256)",
-            "peak_lr": run["peak_lr"],
-            "schedule": "cosine, no warmup",
-            "epochs": epochs,
-            "epochs_done": run["epochs"],
-            "steps": run["steps"],
-            "stopped_by": run["stopped_by"],
-            "max_time": max_time,
-            "batch_size": run["batch_size"],
-            "augmentation": f"random resized crop (scale {tuple(augment.crop_scale)}) to {size} "
-            "px, horizontal flip",
-            "preprocessing": f"test: resize to {size} px (shorter side to {size}/0.875 and "
-            "centre crop when larger); no augmentation",
-            "precision": precision,
-            "final_loss": run["final_loss"],
-            "seed": seed,
-            "num_train": len(train_set),
-            "num_test": len(test_set),
+            **shared,
         },
     }
 

@@ -8,6 +8,7 @@ this interface:
 * :meth:`Modality.open` reads a dataset (:class:`~simclr.data.items.Items`) and returns it with
   the *fitted preprocessing* (a tokenizer, column statistics, a resampling length: a JSON-able
   dict fitted on the training data once, saved in every checkpoint, reused for evaluation data);
+  a modality is built with it (``modality_for(cfg, fitted)``, :meth:`Modality.with_fitted`);
 * :meth:`Modality.build_model` makes the encoder f and the head g;
 * :meth:`Modality.views` makes the two-view generator, an ``nn.Module`` run on the batch's
   device, reseeded by the loop at every step;
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from simclr.config import Config
+from simclr.data.datasets import ImageDataset
 from simclr.data.items import Items, TensorItems
 from simclr.data.loading import TrainData, epoch_batches
 from simclr.errors import UserError
@@ -58,27 +60,41 @@ class ViewGenerator(Protocol):
 
 
 class Modality(ABC):
-    """One kind of data, bound to a configuration.
+    """One kind of data, bound to a configuration and to its fitted preprocessing.
 
     Subclasses set :attr:`name`, :attr:`backbones` (encoder names, the first is the default) and
-    implement the abstract methods. A modality whose views or evaluation input depend on the
-    fitted preprocessing (time series: the length and channel statistics) keeps the one its
-    :meth:`open` returned or applied, or :meth:`build_model` received: the loop, the evaluation
-    commands and :func:`simclr.evaluate.features.load_encoder` always call one of them first.
-    Register the class in :data:`simclr.modalities.MODALITY_TYPES` to reach it from the command
-    line.
+    implement the abstract methods, keeping the ``(cfg, fitted)`` constructor. The fitted
+    preprocessing is given at construction, never set as a side effect: :meth:`open` on the
+    training data of an unfitted modality returns it, and :meth:`with_fitted` (or
+    ``modality_for(cfg, fitted)``) binds it for the encoder, the views and evaluation.
+    Register the class with :func:`simclr.modalities.register_modality`.
 
     Args:
         cfg: The resolved configuration (its ``data.modality`` names this modality).
+        fitted: The preprocessing fitted on the training data (from a checkpoint, or from
+            :meth:`open`); ``None`` until it is fitted.
     """
 
     name: ClassVar[str]
-    backbones: ClassVar[tuple[str, ...]]
+    backbones: ClassVar[tuple[str, ...]] = ()
+    """Encoder names accepted in ``model.backbone`` (see :meth:`check_backbone`)."""
     fits_preprocessing: ClassVar[bool] = False
     """True when :meth:`open` fits something on the training data (then rank 0 fits it once)."""
+    recipe: ClassVar[str | Path | None] = None
+    """Default recipe (a name, or a YAML file) when registration names none (entry points)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, fitted: Fitted | None = None) -> None:
         self.cfg = cfg
+        self.fitted = fitted
+
+    def with_fitted(self, fitted: Fitted) -> Modality:
+        """The same modality (class and configuration) bound to ``fitted``."""
+        return type(self)(self.cfg, fitted)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """``options.<name>``: the settings of a modality added from outside the package."""
+        return dict(self.cfg.options.get(self.name, {}))
 
     @classmethod
     @abstractmethod
@@ -86,24 +102,54 @@ class Modality(ABC):
         """True when ``spec`` (a path or a named dataset) is unambiguously this modality."""
 
     @abstractmethod
-    def open(self, spec: str, *, split: str, fitted: Fitted | None = None) -> tuple[Items, Fitted]:
+    def open(self, spec: str, *, split: str) -> tuple[Items, Fitted]:
         """Read the dataset named by ``spec`` (its ``split`` part where it has two).
 
-        With ``fitted=None`` the preprocessing is fitted on this data (the training set);
-        otherwise the given one is applied (evaluation data, a resumed run).
+        Without :attr:`fitted` the preprocessing is fitted on this data (the training set);
+        otherwise :attr:`fitted` is applied (evaluation data, a resumed run). Returns the items
+        and the preprocessing used; the modality itself is left unchanged.
 
         Raises:
             UserError: a missing, empty or malformed input (unreadable items are skipped with a
                 warning instead).
         """
 
-    def open_train(self, fitted: Fitted | None = None) -> tuple[TrainData, Fitted]:
+    def open_train(self) -> tuple[TrainData, Fitted]:
         """The training data (``data.path``, split ``train``); images may also be a shard stream."""
-        return self.open(self.cfg.data.path, split="train", fitted=fitted)
+        return self.open(self.cfg.data.path, split="train")
 
     @abstractmethod
-    def build_model(self, fitted: Fitted) -> SimCLR:
+    def build_model(self) -> SimCLR:
         """The encoder f with the configured projection head g, freshly initialised."""
+
+    def require_fitted(self) -> Fitted:
+        """:attr:`fitted`; ``{}`` for a modality that fits nothing.
+
+        Raises:
+            RuntimeError: the modality fits its preprocessing and was built without it.
+        """
+        if self.fitted is not None:
+            return self.fitted
+        if not self.fits_preprocessing:
+            return {}
+        raise RuntimeError(
+            f"the {self.name} modality has no fitted preprocessing: open the training data, then "
+            "build the modality with the fitted preprocessing (modality_for(cfg, fitted))"
+        )
+
+    def classifier_data(self, spec: str, *, split: str) -> ImageDataset:
+        """Labelled data for the protocols that train a classifier on augmented crops.
+
+        ``finetune`` and ``linear --protocol sgd`` use it; only images have it.
+
+        Raises:
+            UserError: this modality has no such protocol (images only), or ``spec`` is
+                unlabelled.
+        """
+        raise UserError(
+            f"this protocol trains with image crops; for a {self.name} checkpoint use knn, "
+            "linear (logistic) or cluster"
+        )
 
     @abstractmethod
     def views(self, seed: int) -> ViewGenerator:
@@ -147,12 +193,17 @@ class Modality(ABC):
         """Picture (or listing) of view pairs of the first items of ``dataset``; its path."""
 
     def check_backbone(self) -> None:
-        """Fail with one line when ``model.backbone`` is not an encoder of this modality."""
-        if self.cfg.model.backbone not in self.backbones:
-            raise UserError(
-                f"model.backbone {self.cfg.model.backbone!r} is not a {self.name} encoder; "
-                f"choose {' or '.join(self.backbones)} (or use --recipe {self.name}-small)"
-            )
+        """Fail with one line when ``model.backbone`` is not one of :attr:`backbones` (if any)."""
+        if not self.backbones or self.cfg.model.backbone in self.backbones:
+            return
+        from simclr.modalities import default_recipe, modality_names  # imports this module
+
+        recipe = default_recipe(self.name) if self.name in modality_names() else None
+        raise UserError(
+            f"model.backbone {self.cfg.model.backbone!r} is not a {self.name} encoder; "
+            f"choose {' or '.join(self.backbones)}"
+            + (f" (or use --recipe {recipe})" if recipe else "")
+        )
 
     def with_head(self, backbone: nn.Module, feature_dim: int) -> SimCLR:
         """Wrap an encoder with the projection head the config asks for."""

@@ -1,4 +1,4 @@
-"""Images, the first modality: the worked example of docs/modalities.md.
+"""Images, the first modality, behind the interface every modality shares.
 
 Each method hands over to the image code that existed before modalities did: the readers of
 :mod:`simclr.data.datasets` (and the shard streams of :mod:`simclr.data.shards`), the batched
@@ -20,6 +20,7 @@ from simclr.data.datasets import IMAGE_EXTENSIONS, ImageDataset, build_dataset
 from simclr.data.items import Items
 from simclr.data.loading import TrainData, eval_batches, open_train_data, train_batches
 from simclr.data.shards import is_shard_index
+from simclr.errors import UserError
 from simclr.modalities.base import Batch, Fitted, Modality, ViewGenerator, file_suffixes
 from simclr.models.simclr import SimCLR
 
@@ -44,7 +45,7 @@ class ImageModality(Modality):
             return path.suffix.lower() in (".npy", ".npz") and _holds_uint8(path)
         return path.is_dir() and bool(file_suffixes(path) & set(IMAGE_EXTENSIONS))
 
-    def open(self, spec: str, *, split: str, fitted: Fitted | None = None) -> tuple[Items, Fitted]:
+    def open(self, spec: str, *, split: str) -> tuple[Items, Fitted]:
         """An image dataset (see :func:`simclr.data.datasets.build_dataset`)."""
         data = self.cfg.data
         dataset = build_dataset(
@@ -56,11 +57,23 @@ class ImageModality(Modality):
         )
         return dataset, {}
 
-    def open_train(self, fitted: Fitted | None = None) -> tuple[TrainData, Fitted]:
+    def open_train(self) -> tuple[TrainData, Fitted]:
         """The training images, or a stream of WebDataset shards."""
         return open_train_data(self.cfg.data, size=self.cfg.augment.size), {}
 
-    def build_model(self, fitted: Fitted) -> SimCLR:
+    def classifier_data(self, spec: str, *, split: str) -> ImageDataset:
+        """The labelled images that ``finetune`` and ``linear --protocol sgd`` crop and flip.
+
+        Raises:
+            UserError: the images have no labels.
+        """
+        dataset, _ = self.open(spec, split=split)
+        assert isinstance(dataset, ImageDataset)
+        if not dataset.has_labels:
+            raise UserError(f"{spec} has no labels; this protocol needs class subfolders")
+        return dataset
+
+    def build_model(self) -> SimCLR:
         """A registered backbone (``model.backbone``, ``width``, ``stem``) with the head."""
         return SimCLR.from_config(self.cfg.model)
 

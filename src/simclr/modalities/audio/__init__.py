@@ -36,8 +36,8 @@ class AudioModality(TensorModality):
     name = "audio"
     backbones = ("audio-cnn",)
 
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
+    def __init__(self, cfg: Config, fitted: Fitted | None = None) -> None:
+        super().__init__(cfg, fitted)
         self._spectrogram: LogMel | None = None
 
     @classmethod
@@ -46,7 +46,7 @@ class AudioModality(TensorModality):
         path = Path(spec).expanduser()
         return path.is_dir() and bool(file_suffixes(path) & set(AUDIO_SUFFIXES))
 
-    def open(self, spec: str, *, split: str, fitted: Fitted | None = None) -> tuple[Items, Fitted]:
+    def open(self, spec: str, *, split: str) -> tuple[Items, Fitted]:
         """Read every clip (see :func:`~.reading.read_audio_folder`); the fitted state is empty."""
         audio = self.cfg.audio
         items = read_audio_folder(
@@ -54,7 +54,7 @@ class AudioModality(TensorModality):
         )
         return items, {}
 
-    def build_model(self, fitted: Fitted) -> SimCLR:
+    def build_model(self) -> SimCLR:
         """``audio-cnn`` at ``model.width`` with the configured head."""
         self.check_backbone()
         encoder = AudioCNN(self.cfg.model.width)

@@ -83,8 +83,8 @@ class TabularModality(TensorModality):
         """``sklearn:<name>``, a Parquet file, a CSV that is not text, or a folder of them."""
         return is_table(spec)
 
-    def open(self, spec: str, *, split: str, fitted: Fitted | None = None) -> tuple[Items, Fitted]:
-        """The rows of ``split`` encoded with ``fitted`` (fitted on them when ``None``).
+    def open(self, spec: str, *, split: str) -> tuple[Items, Fitted]:
+        """The rows of ``split`` encoded with :attr:`fitted` (fitted on them when unfitted).
 
         For a single table the class list is fitted on all its rows (the label is not a
         feature), so both splits number the classes alike.
@@ -97,7 +97,7 @@ class TabularModality(TensorModality):
         table = read_table(
             spec, split=split, test_fraction=data.test_fraction, seed=data.split_seed
         )
-        fitted = self._fit(table) if fitted is None else _checked(fitted)
+        fitted = self._fit(table) if self.fitted is None else _checked(self.fitted)
         rows = table.rows()
         inputs = encode_rows(rows, fitted["columns"])
         label_column, classes = fitted["label_column"], fitted["classes"]
@@ -120,12 +120,12 @@ class TabularModality(TensorModality):
             "columns": columns,
         }
 
-    def build_model(self, fitted: Fitted) -> SimCLR:
+    def build_model(self) -> SimCLR:
         """The ``mlp`` encoder for the fitted columns, with the configured head."""
         self.check_backbone()
         settings = self.cfg.tabular
         encoder = TabularMLP(
-            cardinalities(_checked(fitted)["columns"]),
+            cardinalities(_checked(self.require_fitted())["columns"]),
             hidden_dim=settings.hidden_dim,
             layers=settings.layers,
             batch_norm=settings.batch_norm,

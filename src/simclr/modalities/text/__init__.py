@@ -62,14 +62,14 @@ class TextModality(TensorModality):
             )
         return path.is_file() and _holds_text(path)
 
-    def open(self, spec: str, *, split: str, fitted: Fitted | None = None) -> tuple[Items, Fitted]:
+    def open(self, spec: str, *, split: str) -> tuple[Items, Fitted]:
         """Read, split, tokenise and label the texts of ``split``.
 
-        With ``fitted=None`` the tokenizer is trained on these texts and the class names are
-        those of the whole file (or of the training file of a folder), so that both splits
-        number the classes the same way.
+        Unfitted, the tokenizer is trained on these texts and the class names are those of the
+        whole file (or of the training file of a folder), so that both splits number the
+        classes the same way.
         """
-        cfg = self.cfg.text
+        cfg, fitted = self.cfg.text, self.fitted
         path, whole = split_file(spec, split)
         corpus = read_corpus(path, cfg)
         classes = fitted.get("classes", []) if fitted is not None else _class_names(corpus)
@@ -101,12 +101,12 @@ class TextModality(TensorModality):
         )
         return items, fitted
 
-    def build_model(self, fitted: Fitted) -> SimCLR:
+    def build_model(self) -> SimCLR:
         """A :class:`TextTransformer` sized by ``text`` over the fitted vocabulary."""
         self.check_backbone()
         cfg = self.cfg.text
         encoder = TextTransformer(
-            _vocab_size(fitted),
+            _vocab_size(self.require_fitted()),
             cfg.max_length,
             dim=cfg.dim,
             layers=cfg.layers,

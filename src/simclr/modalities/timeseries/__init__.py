@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from simclr.config import Config, TimeSeriesConfig
+from simclr.config import TimeSeriesConfig
 from simclr.data.items import Items, TensorItems
 from simclr.errors import UserError
 from simclr.modalities.base import Batch, Fitted, TensorModality, ViewGenerator
@@ -38,19 +38,15 @@ from simclr.models.simclr import SimCLR
 class TimeSeriesModality(TensorModality):
     """Series held in memory as zero-padded ``[N, C, T]`` floats with their valid lengths.
 
-    The fitted state, ``{"channels": C, "length": L, "mean": [C], "std": [C]}`` (the channel
-    statistics of the training steps, for ``normalize: dataset``), comes from :meth:`open` on
-    the training data or is given back to it. The modality keeps the last one it opened or
-    built a model with: :meth:`views`, :meth:`model_input` and :meth:`preprocessing` need it.
+    The fitted state, ``{"channels": C, "length": L, "mean": [C], "std": [C], "classes"}``
+    (the channel statistics of the training steps, for ``normalize: dataset``), comes from
+    :meth:`open` on the training data; :meth:`build_model`, :meth:`views` and
+    :meth:`model_input` need the modality built with it (:meth:`with_fitted`).
     """
 
     name = "timeseries"
     fits_preprocessing = True
     backbones = ("resnet1d",)
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self._fitted: Fitted | None = None
 
     @classmethod
     def detect(cls, spec: str) -> bool:
@@ -72,14 +68,14 @@ class TimeSeriesModality(TensorModality):
             p.name.lower().endswith(("_train.ts", "_test.ts")) for p in path.iterdir()
         )
 
-    def open(self, spec: str, *, split: str, fitted: Fitted | None = None) -> tuple[Items, Fitted]:
+    def open(self, spec: str, *, split: str) -> tuple[Items, Fitted]:
         """Read the series (see :func:`~.reading.read_series`); fit on the training data.
 
         Raises:
             UserError: a missing, empty or malformed input, or evaluation data whose number of
                 channels differs from the fitted one.
         """
-        data = self.cfg.data
+        data, fitted = self.cfg.data, self.fitted
         collection = read_series(
             spec, split, test_fraction=data.test_fraction, split_seed=data.split_seed
         )
@@ -100,14 +96,12 @@ class TimeSeriesModality(TensorModality):
                 "std": std,
                 "classes": items.classes,  # every split numbers its labels by these
             }
-        self._fitted = dict(fitted)
         return items, dict(fitted)
 
-    def build_model(self, fitted: Fitted) -> SimCLR:
+    def build_model(self) -> SimCLR:
         """:class:`ResNet1d` on C channels at ``model.width`` with the configured head."""
         self.check_backbone()
-        encoder = ResNet1d(_fitted_channels(fitted), width=self.cfg.model.width)
-        self._fitted = dict(fitted)
+        encoder = ResNet1d(_fitted_channels(self.require_fitted()), width=self.cfg.model.width)
         return self.with_head(encoder, encoder.out_dim)
 
     def views(self, seed: int) -> ViewGenerator:
@@ -126,7 +120,7 @@ class TimeSeriesModality(TensorModality):
 
     def preprocessing(self) -> str:
         """The evaluation resampling and normalisation."""
-        steps = f"{self.length} steps" if self._fitted is not None else "the fitted length"
+        steps = f"{self.length} steps" if self.fitted is not None else "the fitted length"
         scaled = {
             "series": "; each channel of each series z-normalised",
             "dataset": "; each channel standardised with the training set's mean and std",
@@ -145,25 +139,17 @@ class TimeSeriesModality(TensorModality):
 
     @property
     def length(self) -> int:
-        """The fitted resampling length L (after :meth:`open` or :meth:`build_model`)."""
-        return int(self._require_fitted()["length"])
+        """The fitted resampling length L."""
+        return int(self.require_fitted()["length"])
 
     @property
     def normalization(self) -> Normalization:
         """The configured normalisation, with the fitted channel statistics."""
-        fitted = self._require_fitted()
+        fitted = self.require_fitted()
         mode = self.cfg.timeseries.normalize
         if mode != "dataset":
             return Normalization(mode)
         return Normalization(mode, tuple(fitted["mean"]), tuple(fitted["std"]))
-
-    def _require_fitted(self) -> Fitted:
-        if self._fitted is None:
-            raise RuntimeError(
-                "open the training data (or build the model) first: the resampling length "
-                "and channel statistics are fitted on it"
-            )
-        return self._fitted
 
 
 def fit_length(cfg: TimeSeriesConfig, train: TensorItems) -> int:

@@ -69,6 +69,15 @@ def test_finetune_writes_the_subset(run, capsys):
     result = _last_json(capsys)
     listing = (run_dir / "finetune-0.5-subset.txt").read_text().splitlines()
     assert len(listing) == 15 and result["subset_file"].endswith("subset.txt")
+    sgd = result["protocol"]
+    assert (sgd["name"], sgd["optimizer"], sgd["keep_projection_layers"]) == ("sgd", "sgd", 0)
+    assert sgd["peak_lr"] == pytest.approx(0.05 * 8 / 256)
+
+    assert main([*argv, "--protocol", "simclrv2"]) == 0
+    v2 = _last_json(capsys)["protocol"]
+    assert (v2["name"], v2["optimizer"], v2["keep_projection_layers"]) == ("simclrv2", "lars", 1)
+    assert v2["weight_decay"] == 0.0 and v2["peak_lr"] == pytest.approx(0.005 * 8**0.5)
+    assert v2["lr_scaling"].startswith("sqrt") and "no LARS" in v2["classifier_optimisation"]
 
 
 def test_embed_neighbors_export(run, capsys, tmp_path):

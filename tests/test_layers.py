@@ -9,6 +9,7 @@ PACKAGE = Path(simclr.__file__).parent
 
 LAYERS = [
     {"errors", "config", "recipes", "runtime", "clock", "distributed", "checkpoint", "metrics"},
+    {"run_folder"},
     {"augment"},
     {"data"},
     {"models", "losses", "optim"},

@@ -108,6 +108,50 @@ def test_param_groups_split_weights_from_biases_and_norms() -> None:
     assert all(id(p) != id(model[0].bias) for g in groups for p in g["params"])
 
 
+def test_param_groups_exclude_named_parameters_from_decay_and_adaptation() -> None:
+    body, head = nn.Linear(4, 4), nn.Linear(4, 3)
+    model = nn.Sequential(body, head)
+    decay, no_decay = param_groups(model, 1e-4, exclude=head.parameters())
+    assert {id(p) for p in decay["params"]} == {id(body.weight)}
+    assert {id(p) for p in no_decay["params"]} == {id(body.bias), id(head.weight), id(head.bias)}
+
+
+def _overlapping_classes(n: int = 256, dim: int = 16, classes: int = 10):
+    """Features of 10 overlapping Gaussian classes: a linear classifier reaches about 70 %."""
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(classes, dim, generator=generator) * 0.5
+    labels = torch.arange(n) % classes
+    return centres[labels] + torch.randn(n, dim, generator=generator), labels
+
+
+def _train_zero_initialised_classifier(name: str, exclude: bool) -> tuple[float, float]:
+    x, y = _overlapping_classes()
+    fc = nn.Linear(x.shape[1], 10)
+    nn.init.zeros_(fc.weight)
+    nn.init.zeros_(fc.bias)
+    cfg = OptimConfig(name=name, lr=0.05, lr_scaling="none", weight_decay=1e-6)
+    optimizer = build_optimizer(fc, cfg, len(x), exclude=fc.parameters() if exclude else ())
+    for _ in range(600):
+        loss = nn.functional.cross_entropy(fc(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return loss.item(), float((fc(x).argmax(1) == y).float().mean())
+
+
+def test_a_zero_initialised_classifier_learns_under_lars_when_excluded_as_officially() -> None:
+    # Issue 13's reproduction: in the LARS-adapted group a zero-initialised linear layer has a
+    # trust ratio of about eta * ||w|| / ||g|| after its first step, so it barely moves and the
+    # loss stays near ln(10) = 2.30; the official code excludes head_supervised from the
+    # adaptation and the weight decay, and it then learns as with SGD.
+    adapted_loss, adapted_accuracy = _train_zero_initialised_classifier("lars", exclude=False)
+    loss, accuracy = _train_zero_initialised_classifier("lars", exclude=True)
+    sgd_loss, sgd_accuracy = _train_zero_initialised_classifier("sgd", exclude=False)
+    assert adapted_loss > 2.0 and adapted_accuracy < 0.62  # the bug the exclusion fixes
+    assert loss < 1.0 and accuracy > 0.65
+    assert abs(loss - sgd_loss) < 0.1 and abs(accuracy - sgd_accuracy) < 0.05
+
+
 def test_param_groups_drop_empty_groups() -> None:
     groups = param_groups(nn.Linear(3, 2, bias=False), 0.1)
     assert len(groups) == 1 and groups[0]["name"] == "decay"
@@ -280,3 +324,18 @@ def test_build_optimizer_user_errors() -> None:
     frozen = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(UserError, match="trainable"):
         build_optimizer(frozen, OptimConfig(), 256)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars"])
+def test_nesterov_reaches_the_optimizer(name: str) -> None:
+    model = nn.Linear(3, 2)
+    for nesterov in (False, True):
+        cfg = OptimConfig(name=name, nesterov=nesterov)
+        groups = build_optimizer(model, cfg, 256).param_groups
+        assert all(group["nesterov"] is nesterov for group in groups)
+
+
+def test_the_sgd_linear_probe_uses_nesterov_as_the_official_code() -> None:
+    from simclr.evaluate.linear import SGD_PROBE_TRAINING
+
+    assert SGD_PROBE_TRAINING.nesterov and SGD_PROBE_TRAINING.optim_config().nesterov

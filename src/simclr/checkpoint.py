@@ -5,56 +5,289 @@ A checkpoint holds ``model`` (state dict of the unwrapped :class:`SimCLR`), ``op
 (a plain dict) and ``schema``. No random state is needed: the data order is a function of
 (seed, epoch) and the views of (seed, step, rank). It is written to a temporary file in the
 same folder, flushed to disk, then renamed over the target, so a crash leaves either the old file
-or the new one, never half of one. It is read with ``torch.load(weights_only=True)``, which
-refuses pickled code.
+or the new one, never half of one (:func:`write_atomic`, used for every file of a run). It is
+read with ``torch.load(weights_only=True)``, which refuses pickled code, and its layout is
+checked before anything uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
+from torch import Tensor, nn
 
 from simclr.errors import UserError, first_line
 
 SCHEMA = 1
 LATEST = "latest.pt"
+_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
+"""Names of the temporary files :func:`write_atomic` writes (``.latest.pt.tmp1234``)."""
+
+
+class WriteFailed(UserError):
+    """A file could not be written (full disk, read-only storage...); nothing was replaced.
+
+    ``reason`` is the operating system's (``No space left on device``), ``error`` the
+    :class:`OSError` itself.
+    """
+
+    def __init__(
+        self, path: Path, error: OSError, *, kept: str = "the file there, if any, is unchanged"
+    ) -> None:
+        self.path = path
+        self.error = error
+        self.reason = error.strerror or first_line(error)
+        super().__init__(f"cannot write {path}: {self.reason} ({kept})")
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename).
+
+    Raises:
+        WriteFailed: the file cannot be written; the previous one is intact, no temporary left.
+    """
+    return write_atomic(path, lambda handle: torch.save({**state, "schema": SCHEMA}, handle))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`write_atomic` does."""
+    return write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, sync it to disk, rename it over ``path``.
+
+    A crash leaves the old file or the new one, never half of one; a failed write (or an
+    interruption) removes the temporary file. A ``kill -9`` in the middle leaves a temporary
+    file ``.NAME.tmpPID``, which :func:`remove_temporaries` clears.
+
+    Raises:
+        WriteFailed: the operating system refused a write (disk full, read-only, permissions).
+    """
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        torch.save({**state, "schema": SCHEMA}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    recorder: _Recording | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as handle:
+            recorder = _Recording(handle)
+            write(recorder)  # type: ignore[arg-type]
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        cause = _os_error(err, None if recorder is None else recorder.error)
+        if cause is None:
+            raise
+        raise WriteFailed(path, cause) from None
+    except BaseException:  # an interruption: no temporary file stays behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed :func:`write_atomic` left in ``folder``; their paths."""
+    removed = []
+    if folder.is_dir():
+        for entry in folder.iterdir():
+            if _TEMPORARY.match(entry.name) and entry.is_file():
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(entry)
+    return removed
+
+
+class _Recording:
+    """A binary file that remembers the :class:`OSError` of a failed write.
+
+    ``torch.save`` reports a failed write as a ``RuntimeError`` of its zip writer; the reason
+    (``No space left on device``) is the ``OSError`` kept here.
+    """
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+
+def _os_error(err: BaseException, recorded: OSError | None) -> OSError | None:
+    """The :class:`OSError` behind ``err`` (itself, its cause or context, or a recorded one)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return recorded
 
 
 def load_checkpoint(path: Path | str) -> dict[str, Any]:
     """Read a checkpoint file or a run folder's latest checkpoint, safely (``weights_only``).
 
     Raises:
-        UserError: missing, truncated, foreign or unsafe files.
+        UserError: missing, truncated, foreign or unsafe files, and dicts without the layout of
+            a simclr checkpoint (``model`` a dict of tensors, ``config`` a dict, ``step`` a
+            whole number).
     """
     path = resolve_checkpoint(Path(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any parse failure means "not a usable checkpoint"
-        detail = f"{type(err).__name__}: {first_line(err)}"
-        raise UserError(
-            f"cannot read checkpoint {path}: not a complete torch checkpoint ({detail[:120]})"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise UserError(f"{path} is not a simclr checkpoint")
+        raise UserError(_unreadable(path, err)) from None
+    problem = _layout_problem(state)
+    if problem:
+        raise UserError(f"not a simclr checkpoint: {path}: {problem}")
     if state.get("schema") != SCHEMA:
         raise UserError(f"{path} has checkpoint schema {state.get('schema')}, expected {SCHEMA}")
-    return state
+    return state  # type: ignore[no-any-return]
+
+
+def check_resumable(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint that lacks what continuing its training needs.
+
+    Raises:
+        UserError: ``optimizer`` or ``scaler`` is not a dict, or ``elapsed_s`` not a number.
+    """
+    for key in ("optimizer", "scaler"):
+        if not isinstance(state.get(key), dict):
+            raise UserError(f"not a simclr checkpoint: {path}: {key!r} is missing or not a dict")
+    elapsed = state.get("elapsed_s")
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)):
+        raise UserError(f"not a simclr checkpoint: {path}: 'elapsed_s' is not a number")
+    per_step = state.get("seconds_per_step")
+    if per_step is not None and (
+        isinstance(per_step, bool) or not isinstance(per_step, (int, float))
+    ):
+        raise UserError(f"not a simclr checkpoint: {path}: 'seconds_per_step' is not a number")
+
+
+def _layout_problem(state: object) -> str | None:
+    """What makes ``state`` not a simclr checkpoint, or ``None``."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    missing = [key for key in ("model", "config", "step") if key not in state]
+    if missing:
+        return f"no {', '.join(repr(key) for key in missing)} in it"
+    model = state["model"]
+    if not isinstance(model, dict) or not all(
+        isinstance(key, str) and isinstance(value, Tensor) for key, value in model.items()
+    ):
+        return f"'model' is a {type(model).__name__}, not a dict of named tensors"
+    if not isinstance(state["config"], dict):
+        return f"'config' is a {type(state['config']).__name__}, not a dict"
+    step = state["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"'step' is {step!r}, not a whole number of steps"
+    return None
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """One line for a file ``torch.load`` refused: unsafe content said plainly, else the cause."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found:  # a reference to a function or class: pickled code
+            return (
+                f"refused to load {path}: it holds pickled code-bearing objects (such as "
+                f"{found.group(1)}), which could run code when loaded; nothing in it was run "
+                "(only tensors and plain data are read)"
+            )
+        after = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+        detail = f"unreadable pickle: {after[0].strip()}" if after else "unreadable pickle"
+    else:
+        detail = f"{type(err).__name__}: {first_line(err)}"
+    if len(detail) > 120:
+        detail = detail[:117] + "..."
+    return f"cannot read checkpoint {path}: not a complete torch checkpoint ({detail})"
+
+
+def load_weights(model: nn.Module, weights: Mapping[str, Tensor], source: str | Path) -> None:
+    """Load a state dict into ``model``, or refuse it with one summary of what does not fit.
+
+    Raises:
+        UserError: "weights do not fit the model: N missing keys (...), M unexpected (...),
+            K of different shape (...)".
+    """
+    expected = model.state_dict()
+    missing = [key for key in expected if key not in weights]
+    unexpected = [key for key in weights if key not in expected]
+    reshaped = [
+        f"{key}: saved {list(weights[key].shape)}, model {list(value.shape)}"
+        for key, value in expected.items()
+        if key in weights and weights[key].shape != value.shape
+    ]
+    parts = [
+        _count(missing, "missing key"),
+        _count(unexpected, "unexpected"),
+        _count(reshaped, "of different shape", plural_s=False),
+    ]
+    problems = [part for part in parts if part]
+    if problems:
+        raise UserError(
+            f"{source}: weights do not fit the model: {', '.join(problems)}; "
+            "was it trained with another architecture (model.* settings)?"
+        )
+    model.load_state_dict(weights)
+
+
+def _count(names: list[str], what: str, *, plural_s: bool = True) -> str:
+    if not names:
+        return ""
+    label = f"{what}s" if plural_s and len(names) > 1 else what
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} {label} ({shown})"
+
+
+def nonfinite_tensors(tensors: Iterable[tuple[str, Any]]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity (one host sync per device).
+
+    ``tensors`` is ``(name, value)`` pairs; values that are not floating-point tensors are
+    skipped.
+    """
+    named = [
+        (name, value)
+        for name, value in tensors
+        if isinstance(value, Tensor) and value.is_floating_point() and value.numel()
+    ]
+    by_device: dict[torch.device, list[int]] = {}
+    for i, (_, value) in enumerate(named):
+        by_device.setdefault(value.device, []).append(i)
+    bad = []
+    for positions in by_device.values():
+        finite = torch.stack([torch.isfinite(named[i][1]).all() for i in positions]).tolist()
+        bad += [i for i, ok in zip(positions, finite, strict=True) if not ok]
+    return [named[i][0] for i in sorted(bad)]
+
+
+def state_tensors(state: object, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every leaf of a nested dict/list (a state dict, an optimizer state), with a dotted name."""
+    if isinstance(state, Mapping):
+        return [
+            pair for key, value in state.items() for pair in state_tensors(value, f"{prefix}{key}.")
+        ]
+    if isinstance(state, (list, tuple)):
+        return [
+            pair for i, value in enumerate(state) for pair in state_tensors(value, f"{prefix}{i}.")
+        ]
+    return [(prefix.rstrip("."), state)]
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
 
-from simclr.cli_tools import add_commands
+from simclr.cli_tools import add_commands, seed_int
 from simclr.config import parse_assignment
 from simclr.errors import UserError
 from simclr.modalities import modality_names
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("source", type=Path, help="image folder (class subfolders or flat)")
     shards.add_argument("out", type=Path, help="empty folder for shard-*.tar and shards.json")
     shards.add_argument("--max-count", type=int, default=10_000, help="images per shard")
-    shards.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
+    shards.add_argument("--seed", type=seed_int, default=0, help="seed of the shuffled order")
     shards.set_defaults(run=_run_shards, command="shards")
 
     recipes = commands.add_parser("recipes", help="list the named recipes")

@@ -69,13 +69,22 @@ def _add_finetune_command(commands: Any) -> None:
     finetune.add_argument("--label-fraction", type=float, required=True, help="e.g. 0.01, 0.1")
     finetune.add_argument("--from-scratch", action="store_true", help="same net, no pretraining")
     finetune.add_argument(
-        "--keep-projection-layers", type=int, default=0, help="head layers kept (v2 uses 1)"
+        "--protocol",
+        choices=("sgd", "simclrv2"),
+        default="sgd",
+        help="sgd: SGD with momentum from the backbone, lr 0.05 x B/256 (default); simclrv2: "
+        "the v2 paper's, from the first head layer, LARS, no weight decay, lr 0.005 x sqrt(B)",
+    )
+    finetune.add_argument(
+        "--keep-projection-layers", type=int, help="head layers kept (default: the protocol's)"
     )
     finetune.add_argument("--epochs", type=positive_int, default=60, help="passes over the subset")
     finetune.add_argument("--batch-size", type=positive_int, default=256)
-    finetune.add_argument("--lr", type=positive_float, default=0.05, help="peak learning rate")
+    finetune.add_argument(
+        "--lr", type=positive_float, help="base learning rate (default: the protocol's)"
+    )
     finetune.add_argument("--max-time", type=positive_float, help="seconds of training at most")
-    finetune.add_argument("--seed", type=int, default=0, help="subset and training seed")
+    finetune.add_argument("--seed", type=seed_int, default=0, help="subset and training seed")
     finetune.set_defaults(run=run_finetune)
 
 
@@ -136,8 +145,13 @@ def _add_views_command(commands: Any) -> None:
         help="override a recipe field, e.g. --set augment.blur_p=0.5",
     )
     views.add_argument("--num-images", type=positive_int, default=8)
-    views.add_argument("--seed", type=int, default=0)
-    views.add_argument("--out", type=Path, default=Path("views.png"), help="PNG (text: .txt)")
+    views.add_argument("--seed", type=seed_int, default=0)
+    views.add_argument(
+        "--out",
+        type=Path,
+        default=Path("views.png"),
+        help="PNG file (text: a .txt listing), or a folder to write views.png in",
+    )
     views.set_defaults(run=run_views, command="views")
 
 
@@ -145,7 +159,9 @@ def _add_plot_command(commands: Any) -> None:
     """Add ``simclr plot``: a picture of a run's loss, lr and kNN curves."""
     plot = commands.add_parser("plot", help="picture: loss, lr and kNN curves of a run")
     plot.add_argument("run_dir", type=Path)
-    plot.add_argument("--out", type=Path, help="PNG file (default RUN_DIR/curves.png)")
+    plot.add_argument(
+        "--out", type=Path, help="PNG file, or a folder for curves.png (default RUN_DIR)"
+    )
     plot.set_defaults(run=run_plot, command="plot")
 
 
@@ -167,6 +183,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """Argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """Argparse type: a seed, an integer in [0, 2**63)."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """Argparse type: a number > 0."""
     value = float(text)
@@ -180,10 +212,85 @@ def _checkpoint_command(commands: Any, name: str, help_text: str) -> argparse.Ar
     parser.add_argument("checkpoint", type=Path, help="checkpoint file or run folder")
     parser.add_argument("--random-init", action="store_true", help="fresh weights (baseline)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--workers", type=int, help="loader processes")
-    parser.add_argument("--out", type=Path, help="output file or folder")
+    parser.add_argument("--workers", type=non_negative_int, help="loader processes")
+    if name in OUT_HELP:
+        parser.add_argument("--out", type=Path, help=OUT_HELP[name])
     parser.set_defaults(command=name)
     return parser
+
+
+_JSON_OUT = "JSON file, or a folder to write the default name in (default: the run folder, "
+OUT_HELP = {
+    "knn": _JSON_OUT + "knn-<checkpoint>.json)",
+    "linear": _JSON_OUT + "linear-<checkpoint>.json)",
+    "finetune": _JSON_OUT + "finetune-<fraction>-<checkpoint>.json; the subset list beside it)",
+    "cluster": _JSON_OUT + "cluster-<checkpoint>.json)",
+    "embed": ".npy file (its .index.csv and .json beside it), or a folder to write "
+    "embed-<checkpoint>.npy in; required",
+    "export": "folder for the encoder files (default: RUN/export)",
+    "map": "PNG file, or a folder to write map-<method>.png in (default: the run folder)",
+}
+"""``--out`` of each checkpoint command (``neighbors`` writes nothing, so has none)."""
+PICTURE_VIEWS = ("image", "audio", "timeseries", "tabular")
+"""Modalities whose ``simclr views`` writes a PNG (the others write a ``.txt`` listing)."""
+RUN_RECORDS = ("config.yaml", "environment.json", "metrics.jsonl")
+"""Files of a run folder (one holding ``checkpoints/``) that no output may replace."""
+
+
+def output_path(out: Path | None, default: Path, *, suffixes: tuple[str, ...]) -> Path:
+    """The file a command writes, checked by :func:`refuse_run_files`.
+
+    ``out`` itself, ``default``'s name inside ``out`` when that is a folder, or ``default``
+    without ``--out``.
+
+    Raises:
+        UserError: a suffix other than ``suffixes`` (what the command writes), or a path that
+            would replace a checkpoint or a run's record.
+    """
+    path = default if out is None else out / default.name if out.is_dir() else out
+    if path.suffix.lower() not in suffixes:
+        raise UserError(
+            f"--out {path}: this command writes {' or '.join(suffixes)} files; give such a "
+            "file or an existing folder"
+        )
+    refuse_run_files(path)
+    return path
+
+
+def refuse_run_files(path: Path, *, folder: bool = False) -> None:
+    """Fail with one line if writing ``path`` could destroy a training run.
+
+    Refused: anything in (or named) a ``checkpoints/`` folder, an existing PyTorch checkpoint,
+    a run's own records (:data:`RUN_RECORDS`), and an existing folder where a file is written
+    (or an existing file where ``folder`` is written).
+    """
+    if "checkpoints" in (path.name, path.parent.name):
+        raise UserError(f"--out {path} is in a run's checkpoints/ folder; write elsewhere")
+    if path.is_file() and _is_torch_checkpoint(path):
+        raise UserError(f"--out {path} is a checkpoint; it is never replaced, write elsewhere")
+    if path.name in RUN_RECORDS and (path.parent / "checkpoints").is_dir():
+        raise UserError(f"--out {path} is a record of the run in {path.parent}; write elsewhere")
+    if not folder and path.is_dir():
+        raise UserError(f"--out {path} is a folder where a file would be written")
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; this command writes a folder")
+
+
+def _is_torch_checkpoint(path: Path) -> bool:
+    """Whether ``path`` was written by ``torch.save`` (a zip with ``data.pkl``, not TorchScript)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        try:
+            with open(path, "rb") as handle:
+                return handle.read(2) == b"\x80\x02"  # the legacy (pre-zip) torch.save format
+        except OSError:
+            return False
+    pickled = any(n.endswith("/data.pkl") for n in names)
+    return pickled and not any(n.endswith("/constants.pkl") for n in names)
 
 
 def _labelled_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -199,11 +306,27 @@ class _Context:
         from simclr.runtime import resolve_device
 
         self.args = args
+        if getattr(args, "out", None) is not None and not args.out.is_dir():
+            refuse_run_files(args.out, folder=args.command == "export")  # before any work
         self.encoder = load_encoder(args.checkpoint, random_init=args.random_init)
         self.config = self.encoder.config
         self.device = resolve_device(args.device or self.config.train.device)
         self.workers = self.config.data.num_workers if args.workers is None else args.workers
         self.modality = self.encoder.modality(self.workers)
+        if args.command in ("knn", "linear", "finetune", "cluster"):
+            self.json_out(args.command)  # fail on a bad --out before any work
+
+    def default_path(self, name: str, suffix: str) -> Path:
+        """``RUN/<name>-<checkpoint>[-random-init]<suffix>``: where a result goes by default."""
+        from simclr.checkpoint import run_dir_of
+
+        path = Path(self.encoder.info["path"])
+        tag = "-random-init" if self.args.random_init else ""
+        return run_dir_of(path) / f"{name}-{path.stem}{tag}{suffix}"
+
+    def json_out(self, name: str) -> Path:
+        """The JSON file of a result named ``name`` (see :func:`output_path`)."""
+        return output_path(self.args.out, self.default_path(name, ".json"), suffixes=(".json",))
 
     def features(
         self, spec: str, split: str, *, layer: str = "backbone", labelled: bool = True
@@ -226,12 +349,8 @@ class _Context:
 
     def emit(self, name: str, result: dict[str, Any]) -> int:
         """Attach the checkpoint identity, save the JSON and print it as one line."""
-        from simclr.checkpoint import run_dir_of
-
         result["checkpoint"] = self.encoder.info
-        path = Path(self.encoder.info["path"])
-        suffix = "-random-init" if self.args.random_init else ""
-        out = self.args.out or run_dir_of(path) / f"{name}-{path.stem}{suffix}.json"
+        out = self.json_out(name)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result))
@@ -297,15 +416,20 @@ def run_linear(args: argparse.Namespace) -> int:
 def run_finetune(args: argparse.Namespace) -> int:
     """``simclr finetune``: backbone + new classifier on a class-balanced label subset."""
     from simclr.evaluate.classifier import ClassifierTraining
-    from simclr.evaluate.finetune import balanced_subset, finetune, subset_names
+    from simclr.evaluate.finetune import FINETUNE_PROTOCOLS, balanced_subset, finetune, subset_names
 
     ctx = _Context(args)
     train_set = ctx.modality.classifier_data(args.train_data, split="train")
     test_set = ctx.modality.classifier_data(args.test_data, split="test")
+    protocol = FINETUNE_PROTOCOLS[args.protocol]
+    keep = args.keep_projection_layers
     training = ClassifierTraining(
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=protocol.lr if args.lr is None else args.lr,
+        optimizer=protocol.optimizer,
+        lr_scaling=protocol.lr_scaling,
+        weight_decay=protocol.weight_decay,
         seed=args.seed,
         max_time=args.max_time,
         num_workers=ctx.workers,
@@ -317,19 +441,18 @@ def run_finetune(args: argparse.Namespace) -> int:
         test_set,
         fraction=args.label_fraction,
         training=training,
-        keep_projection_layers=args.keep_projection_layers,
+        keep_projection_layers=protocol.keep_projection_layers if keep is None else keep,
         from_scratch=args.from_scratch,
         device=ctx.device,
     )
-    from simclr.checkpoint import run_dir_of
-
     tag = f"finetune-{args.label_fraction:g}" + ("-scratch" if args.from_scratch else "")
     chosen = balanced_subset(train_set.labels, args.label_fraction, args.seed)
-    folder = args.out.parent if args.out else run_dir_of(Path(ctx.encoder.info["path"]))
-    listing = folder / f"{tag}-subset.txt"
+    listing = ctx.json_out(tag).parent / f"{tag}-subset.txt"
+    refuse_run_files(listing)
     listing.parent.mkdir(parents=True, exist_ok=True)
     listing.write_text("\n".join(subset_names(train_set, chosen)) + "\n")
     result["subset_file"] = str(listing)
+    result["protocol"]["name"] = args.protocol
     return ctx.emit(tag, result)
 
 
@@ -349,13 +472,21 @@ def run_embed(args: argparse.Namespace) -> int:
     """``simclr embed``: write embeddings, their index and metadata."""
     from simclr.export import embed
 
-    ctx = _Context(args)
     if args.out is None:
-        raise UserError("embed needs --out FILE.npy")
+        raise UserError("embed needs --out FILE.npy (or a folder)")
+    ctx = _Context(args)
+    if args.out.is_dir():
+        out = args.out / ctx.default_path("embed", ".npy").name
+    else:  # np.save's convention: a name without a suffix gets .npy
+        out = args.out if args.out.suffix else args.out.with_name(args.out.name + ".npy")
+    out = output_path(out, out, suffixes=(".npy",))
+    stem = out.name.removesuffix(".npy")
+    for sidecar in (f"{stem}.index.{args.index_format}", f"{stem}.json"):
+        refuse_run_files(out.with_name(sidecar))
     result = embed(
         ctx.encoder,
         args.data,
-        args.out,
+        out,
         layer=args.layer,
         split=args.split,
         index_format=args.index_format,
@@ -382,10 +513,19 @@ def run_neighbors(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """``simclr export``: safetensors + config, TorchScript and ONNX, each checked."""
     from simclr.checkpoint import run_dir_of
-    from simclr.export import export_encoder
+    from simclr.export import (
+        CONFIG_FILE,
+        ONNX_FILE,
+        TORCHSCRIPT_FILE,
+        WEIGHTS_FILE,
+        export_encoder,
+    )
 
     ctx = _Context(args)
     out = args.out or run_dir_of(Path(ctx.encoder.info["path"])) / "export"
+    refuse_run_files(out, folder=True)
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE):
+        refuse_run_files(out / name)
     print(json.dumps(export_encoder(ctx.encoder, out)))
     return 0
 
@@ -402,9 +542,16 @@ def run_views(args: argparse.Namespace) -> int:
         overrides=[{"data": data}, *(parse_assignment(text) for text in args.overrides)],
         image_recipe="cpu-small",  # the 32 px views rather than the ImageNet defaults' 224 px
     )
-    dataset, fitted = modality_for(cfg).open(args.data, split="train")
+    unfitted = modality_for(cfg)
+    if unfitted.name in PICTURE_VIEWS:
+        out = output_path(args.out, Path("views.png"), suffixes=(".png",))
+    else:  # a listing: text (and the toy modality) write <out>.txt whatever its suffix
+        out = args.out / "views.txt" if args.out.is_dir() else args.out
+        refuse_run_files(out)
+        refuse_run_files(out.with_suffix(".txt"))
+    dataset, fitted = unfitted.open(args.data, split="train")
     modality = modality_for(cfg, fitted)
-    print(modality.draw_views(dataset, args.out, num_items=args.num_images, seed=args.seed))
+    print(modality.draw_views(dataset, out, num_items=args.num_images, seed=args.seed))
     return 0
 
 
@@ -412,7 +559,8 @@ def run_plot(args: argparse.Namespace) -> int:
     """``simclr plot``: loss, learning rate and kNN over steps and time."""
     from simclr.viz import plot_run
 
-    print(plot_run(args.run_dir, args.out))
+    out = args.out and output_path(args.out, args.run_dir / "curves.png", suffixes=(".png",))
+    print(plot_run(args.run_dir, out))
     return 0
 
 
@@ -422,8 +570,9 @@ def run_map(args: argparse.Namespace) -> int:
     from simclr.viz import draw_map
 
     ctx = _Context(args)
+    default = run_dir_of(Path(ctx.encoder.info["path"])) / f"map-{args.method}.png"
+    out = output_path(args.out, default, suffixes=(".png",))
     features, dataset, _ = ctx.features(args.data, args.split, labelled=False)
-    out = args.out or run_dir_of(Path(ctx.encoder.info["path"])) / f"map-{args.method}.png"
     path = draw_map(
         features,
         out,

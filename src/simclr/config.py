@@ -9,6 +9,7 @@ into these dataclasses, which the rest of the package reads.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -52,7 +53,26 @@ class AugmentConfig:
 
     size: int = 224
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    """Range of the crop's area as a fraction of the image's."""
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    """Range of the crop's aspect ratio, width / height."""
+    crop_method: str = "torchvision"
+    """How the crop box is drawn. ``torchvision``: ``RandomResizedCrop`` (area uniform in
+    ``crop_scale``, log aspect ratio uniform, 10 attempts, then the central crop clipped to
+    ``crop_ratio``). ``tf``: ``tf.image.sample_distorted_bounding_box`` as the official code
+    calls it (aspect ratio uniform in ``crop_ratio``, height uniform over the whole pixel heights
+    whose area fits ``crop_scale``, at least 10% of the image covered, 100 attempts, then the
+    whole image; offsets uniform, never touching the right or bottom edge unless full size)."""
+    interpolation: str = "bilinear"
+    """How the crop is resized to ``size``. ``bilinear`` (torchvision's, no antialiasing on the
+    device; antialiased in loader workers); ``bicubic_tf1``: TF1 ``tf.image.resize_bicubic`` of
+    the official TF1 code, which trained the v1 and v2 papers' models (cubic a = -0.75, source
+    coordinate ``out x in / out``, edge pixels repeated); ``bicubic_tf2``: TF2
+    ``tf.image.resize(method="bicubic")`` of the official TF2 code (Keys' cubic a = -0.5,
+    half-pixel centres, taps outside the crop dropped and the rest renormalised). Both bicubic
+    modes use TF's kernel table (1/1024 pixel steps); their overshoot is clipped to [0, 1]
+    right after the resize (TensorFlow clips it after the first colour operation, or at the
+    end of its preprocessing)."""
     flip_p: float = 0.5
     jitter_p: float = 0.8
     jitter_strength: float = 1.0
@@ -61,11 +81,40 @@ class AugmentConfig:
     contrast: float | None = None
     saturation: float | None = None
     hue: float | None = None
+    brightness_mode: str = "multiplicative"
+    """``multiplicative``: x f, f ~ U(max(0, 1 - b), 1 + b) (torchvision, and the official code
+    since v2: ``impl="simclrv2"``); ``additive``: x + d, d ~ U(-b, b)
+    (``tf.image.random_brightness``, the official code of the v1 paper)."""
+    color_mode: str = "torchvision"
+    """Contrast and saturation. ``torchvision``: blends with the mean gray level and with the
+    gray image. ``tf``: ``tf.image.adjust_contrast``, (x - m) f + m with m the mean of each
+    channel, and ``tf.image.adjust_saturation``, the HSV saturation scaled by f and clipped to
+    [0, 1] (hue and value kept). Either way the four jitter operations run in a random order per
+    view, each followed by a clip to [0, 1], as the official ``color_jitter_rand``."""
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     blur_kernel_fraction: float = 0.1
     """Blur kernel side as a fraction of the image side (made odd)."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_padding: str = "reflect"
+    """Border of the blur: ``reflect`` (torchvision) or ``zeros`` (the official code's ``SAME``
+    convolution, which darkens the border)."""
+
+    def problems(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs that the settings of the official semantics must hold."""
+        return [
+            (self.crop_method in ("torchvision", "tf"), "augment.crop_method: torchvision|tf"),
+            (
+                self.interpolation in ("bilinear", "bicubic_tf1", "bicubic_tf2"),
+                "augment.interpolation: bilinear|bicubic_tf1|bicubic_tf2",
+            ),
+            (
+                self.brightness_mode in ("multiplicative", "additive"),
+                "augment.brightness_mode: multiplicative|additive",
+            ),
+            (self.color_mode in ("torchvision", "tf"), "augment.color_mode: torchvision|tf"),
+            (self.blur_padding in ("reflect", "zeros"), "augment.blur_padding: reflect|zeros"),
+        ]
 
     def jitter_amounts(self) -> tuple[float, float, float, float]:
         """(brightness, contrast, saturation, hue) after applying the strength rule."""
@@ -88,11 +137,16 @@ class ModelConfig:
     stem: str = "imagenet"
     """``imagenet`` (7x7 stride-2 conv + max-pool) or ``cifar`` (3x3 stride-1 conv, no pool)."""
     head: str = "v1"
-    """``v1``: 2 layers with ReLU; ``v2``: 3 layers with batch norm on every layer."""
+    """``v1``: 2 layers with ReLU (the v1 paper); ``v1-bn``: the same with batch norm on both
+    layers (the official v1 code); ``v2``: 3 layers with batch norm on every layer."""
     head_hidden_dim: int | None = None
     """Hidden width of the head; ``None`` uses the backbone's feature dimension."""
     head_out_dim: int = 128
     channels_last: bool = True
+    zero_init_residual: bool | None = None
+    """Start the last batch norm of every residual block with gamma = 0, as the official
+    ResNet does; ``None``: the backbone family's default (on for the v2 zoo's
+    ``resnet50-2x``..., off for torchvision's ``resnet18/34/50``)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +161,9 @@ class OptimConfig:
     """``linear``: lr x batch/256; ``sqrt``: lr x sqrt(batch) (the paper uses 0.075); ``none``."""
     weight_decay: float = 1e-6
     momentum: float = 0.9
+    nesterov: bool = False
+    """Nesterov momentum for ``sgd`` and ``lars`` (the official code's linear evaluation uses it
+    with SGD)."""
     trust_coefficient: float = 0.001
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = 10.0
@@ -122,6 +179,12 @@ class TrainConfig:
     batch_size: int = 4096
     """The global batch: under DDP each of K processes takes batch_size / K images."""
     temperature: float = 0.1
+    objective: str = "official"
+    """What the gradient is taken of: ``official``, the official code's ``loss_a + loss_b``
+    (twice NT-Xent's mean over the 2N anchors), so that the paper recipes' learning rates and
+    weight decay mean what they mean there; ``mean``, the mean itself (half that gradient; the
+    convention of most PyTorch ports, kept by the recipes tuned with it). The logged loss is
+    always the mean."""
     epochs: int = 100
     max_steps: int | None = None
     max_time: float | None = None
@@ -487,9 +550,14 @@ def validate(config: Config) -> None:
     checks = [
         (t.batch_size >= 2, f"train.batch_size must be at least 2 (got {t.batch_size})"),
         (t.temperature > 0, f"train.temperature must be > 0 (got {t.temperature})"),
+        (t.objective in ("official", "mean"), "train.objective must be official or mean"),
         (t.epochs >= 1, f"train.epochs must be at least 1 (got {t.epochs})"),
         (t.max_steps is None or t.max_steps >= 1, "train.max_steps must be at least 1"),
-        (t.max_time is None or t.max_time > 0, "train.max_time must be > 0 seconds"),
+        (
+            t.max_time is None or 0 < t.max_time < math.inf,
+            f"train.max_time must be a finite number of seconds > 0 (got {t.max_time})",
+        ),
+        (0 <= t.seed < 2**63, f"train.seed must be in [0, 2**63) (got {t.seed})"),
         (t.checkpoint_every >= 1, "train.checkpoint_every must be at least 1"),
         (t.log_every >= 1, "train.log_every must be at least 1"),
         (t.precision in ("auto", "bf16", "fp16", "fp32"), "train.precision: auto|bf16|fp16|fp32"),
@@ -500,7 +568,7 @@ def validate(config: Config) -> None:
         (o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (m.width > 0, f"model.width must be > 0 (got {m.width})"),
         (m.stem in ("imagenet", "cifar"), "model.stem must be imagenet or cifar"),
-        (m.head in ("v1", "v2"), "model.head must be v1 or v2"),
+        (m.head in ("v1", "v1-bn", "v2"), "model.head must be v1, v1-bn or v2"),
         (a.size >= 8, f"augment.size must be at least 8 px (got {a.size})"),
         (
             0 < a.crop_scale[0] <= a.crop_scale[1] <= 1,
@@ -524,9 +592,14 @@ def validate(config: Config) -> None:
         (config.data.in_memory in ("auto", "always", "never"), "data.in_memory: auto|always|never"),
         (config.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (0 < config.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
+        (
+            0 <= config.data.split_seed < 2**63,
+            f"data.split_seed must be in [0, 2**63) (got {config.data.split_seed})",
+        ),
     ]
     for section in (config.audio, config.timeseries, config.text, config.tabular):
         checks += section.problems()
+    checks += a.problems()
     for p_name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
         p = getattr(a, p_name)
         checks.append((0 <= p <= 1, f"augment.{p_name} must be a probability (got {p})"))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclr.config import to_dict
-from simclr.data.datasets import TensorImages, read_image
+from simclr.data.datasets import TensorImages, decode_image
 from simclr.data.items import Items
 from simclr.errors import UserError, first_line
 from simclr.evaluate.features import Encoder, Features, dataset_features, extract_features
@@ -211,7 +211,8 @@ def neighbors(
 
     Args:
         encoder: The encoder that wrote ``embedded`` (checked by checkpoint SHA-256).
-        query_image: Any image file PIL reads.
+        query_image: Any image file PIL reads (at most
+            :data:`~simclr.data.datasets.MAX_IMAGE_PIXELS` pixels).
         embedded: The ``.npy`` written by :func:`embed`.
         k: Number of neighbours.
         device: Where the encoder runs.
@@ -239,9 +240,13 @@ def neighbors(
         )
     if not Path(query_image).is_file():
         raise UserError(f"query image {query_image} does not exist")
-    image = read_image(str(query_image))
-    if image is None:
-        raise UserError(f"cannot read query image {query_image}")
+    try:
+        pixels, note = decode_image(str(query_image))
+    except Exception as err:  # noqa: BLE001 - any decoding failure (a bomb too) is one line
+        raise UserError(f"cannot read query image {query_image}: {first_line(err)}") from None
+    if note is not None:
+        log.warning("query image %s holds %s; precision is reduced to 8 bits", query_image, note)
+    image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
     query = _embed_one(encoder, image, layer=made_by["layer"], device=device)
     matrix = np.load(embedded, mmap_mode="r")
     names = _read_index_paths(embedded.with_name(metadata["files"]["index"]))

@@ -27,6 +27,13 @@ def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[obj
     return contextlib.nullcontext()
 
 
+OBJECTIVE_SCALES = {"official": 2.0, "mean": 1.0}
+"""``train.objective`` -> the factor on :func:`nt_xent`'s per-anchor mean whose gradient the
+training step takes. ``official``: ``loss_a + loss_b`` of google-research/simclr
+``objective.py`` (one cross-entropy per direction, each a mean over the N anchors of that
+direction), twice the mean; ``mean``: the mean itself."""
+
+
 def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) -> Tensor:
     """NT-Xent (normalised temperature-scaled cross-entropy), the contrastive loss of SimCLR.
 
@@ -38,8 +45,10 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, *, gather: bool = True) 
 
     with sim the cosine similarity and t the temperature. The value is the mean of l over the 2N
     anchors, the paper's "all positive pairs, both (i, j) and (j, i)". Google's reference code
-    reports twice this (two cross-entropies, each a mean over N): its gradients are twice ours;
-    the minimum, 0, and the ranking of runs agree.
+    optimises twice this (two cross-entropies, each a mean over N): the training loop
+    (:func:`simclr.train.training_step`) back-propagates that official objective by default
+    (``train.objective``, :data:`OBJECTIVE_SCALES`), so that the paper's learning rates and
+    weight decay mean what they mean there, and logs this per-anchor mean.
 
     Projections are L2-normalised in float32 (at least) with autocast off, self-similarities
     masked (no value, no gradient): finite for bf16/fp16 inputs and at t = 0.01.

@@ -164,18 +164,25 @@ def _check_lars_group(group: dict[str, Any]) -> None:
         raise ValueError("LARS nesterov momentum needs momentum > 0")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, *, exclude: Iterable[nn.Parameter] = ()
+) -> list[dict[str, Any]]:
     """Split the trainable parameters into a weight-decay group and a no-decay group.
 
     Parameters with at most one dimension (biases, batch-norm and layer-norm scales and shifts)
     go into a group with ``weight_decay=0`` and ``lars_exclude=True`` (no LARS adaptation), as in
-    SimCLR; the others (conv and linear weights) get ``weight_decay`` and ``lars_exclude=False``.
-    Parameters with ``requires_grad=False`` are left out, and so are empty groups. Each group has
-    a ``name`` (``"decay"`` or ``"no_decay"``) for logging.
+    SimCLR; so do the parameters in ``exclude``. The others (conv and linear weights) get
+    ``weight_decay`` and ``lars_exclude=False``. Parameters with ``requires_grad=False`` are
+    left out, and so are empty groups. Each group has a ``name`` (``"decay"`` or
+    ``"no_decay"``) for logging.
 
     Args:
         model: the module to optimise.
         weight_decay: decay of the multi-dimensional weights, >= 0.
+        exclude: parameters that get neither weight decay nor the adaptation, whatever their
+            shape: the new classifier of fine-tuning and linear evaluation (the official code's
+            ``head_supervised``; zero-initialised, its LARS trust ratio would be about
+            ``eta * ||w|| / ||g|| = 0`` at first and tiny after, so it would barely train).
 
     Returns:
         Parameter groups for any ``torch.optim`` optimizer (other optimizers ignore
@@ -183,12 +190,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0 (got {weight_decay})")
+    excluded = {id(param) for param in exclude}
     decay: list[nn.Parameter] = []
     no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim <= 1 else decay).append(param)
+        (no_decay if param.ndim <= 1 or id(param) in excluded else decay).append(param)
     groups: list[dict[str, Any]] = []
     if decay:
         groups.append(
@@ -225,20 +233,27 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str) -> float:
     raise ValueError(f"unknown learning-rate scaling rule {rule!r}; choose linear, sqrt or none")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module,
+    cfg: OptimConfig,
+    batch_size: int,
+    *,
+    exclude: Iterable[nn.Parameter] = (),
+) -> torch.optim.Optimizer:
     """The optimizer named in ``cfg`` over :func:`param_groups` of ``model``.
 
     ``lars`` is :class:`LARS` (momentum, trust coefficient); ``sgd`` is PyTorch SGD with
-    ``momentum`` and no Nesterov; ``adam`` / ``adamw`` use ``betas`` (Adam's weight decay is L2
-    in the gradient, AdamW's is decoupled). Biases and normalisation parameters never get weight
-    decay. Every group starts at the peak learning rate ``scaled_lr(cfg.lr, batch_size,
-    cfg.lr_scaling)``, also stored as ``group["peak_lr"]``; the training loop sets the lr of
-    each step with ``set_lr(optimizer, lr_at(step, ..., peak_lr=group["peak_lr"], ...))``.
+    ``momentum`` (Nesterov with ``cfg.nesterov``); ``adam`` / ``adamw`` use ``betas`` (Adam's
+    weight decay is L2 in the gradient, AdamW's is decoupled). Biases and normalisation parameters
+    never get weight decay. Every group starts at the peak learning rate ``scaled_lr(cfg.lr,
+    batch_size, cfg.lr_scaling)``, also stored as ``group["peak_lr"]``; the training loop sets the
+    lr of each step with ``set_lr(optimizer, lr_at(step, ..., peak_lr=group["peak_lr"], ...))``.
 
     Args:
         model: the module to optimise.
         cfg: the ``optim`` section of the configuration.
         batch_size: the global batch size, for the learning-rate scaling.
+        exclude: parameters without weight decay and LARS adaptation (see :func:`param_groups`).
 
     Raises:
         UserError: for an unknown optimizer name or scaling rule, or a model without trainable
@@ -248,7 +263,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
         peak = scaled_lr(cfg.lr, batch_size, cfg.lr_scaling)
     except ValueError as err:
         raise UserError(f"optim: {err}") from None
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, exclude=exclude)
     if not groups:
         raise UserError("the model has no trainable parameters to optimise")
     for group in groups:
@@ -263,10 +278,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, batch_size: int) -> torc
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
             trust_coefficient=cfg.trust_coefficient,
+            nesterov=cfg.nesterov,
         )
     elif name == "sgd":
         optimizer = torch.optim.SGD(
-            groups, lr=peak, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False
+            groups,
+            lr=peak,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
         )
     elif name == "adam":
         optimizer = torch.optim.Adam(groups, lr=peak, betas=betas, weight_decay=cfg.weight_decay)

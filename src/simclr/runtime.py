@@ -1,6 +1,8 @@
-"""Where and in which precision the math runs: one code path for CPU and CUDA."""
+"""Where and in which precision the math runs: one code path for CPU and CUDA; seeds; signals."""
 
 from __future__ import annotations
+
+import signal
 
 import numpy as np
 import torch
@@ -63,3 +65,16 @@ def derive_seed(*parts: int) -> int:
         value = part % 2**64
         words += [value & 0xFFFFFFFF, value >> 32]  # fixed width: no two tuples share words
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """``worker_init_fn`` of every DataLoader: its workers ignore SIGINT and SIGTERM.
+
+    A scheduler stops a job by signalling its whole process group, and Ctrl-C reaches the
+    whole foreground group: the main process then finishes its step and saves a checkpoint,
+    which needs its loader workers alive (a worker killed by the signal made the loader raise
+    "DataLoader worker ... killed by signal" instead). Workers still end with their loader,
+    or on their own when the main process is gone.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

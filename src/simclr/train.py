@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import signal
-import subprocess
 import threading
 from dataclasses import dataclass
 from functools import partial
@@ -26,20 +24,35 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from simclr import distributed
-from simclr.checkpoint import LATEST, file_sha256, load_checkpoint, save_checkpoint
+from simclr.checkpoint import (
+    LATEST,
+    WriteFailed,
+    file_sha256,
+    load_weights,
+    nonfinite_tensors,
+    save_checkpoint,
+    state_tensors,
+    write_text_atomic,
+)
 from simclr.clock import Budget, StepClock, ThroughputWindow
-from simclr.config import Config, to_dict, to_yaml
+from simclr.config import Config, to_dict
 from simclr.data.items import Items, require_labels
 from simclr.data.loading import TrainData
 from simclr.errors import UserError, first_line
 from simclr.evaluate.knn import evaluate_knn
-from simclr.losses import NTXentLoss
+from simclr.losses import OBJECTIVE_SCALES, NTXentLoss
 from simclr.metrics import MetricsLog
 from simclr.modalities import modality_for, resolve_modality
 from simclr.modalities.base import Batch, Fitted, Modality, ViewGenerator
 from simclr.models.batchnorm import use_global_batchnorm
 from simclr.models.simclr import SimCLR
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, warmup_steps_for
+from simclr.run_folder import (
+    RunLock,
+    prepare_run_dir,
+    read_resume_state,
+    write_run_files,
+)
 from simclr.runtime import autocast_dtype, derive_seed, resolve_device, resolve_precision
 
 log = logging.getLogger("simclr")
@@ -70,11 +83,19 @@ class Run:
     criterion: NTXentLoss
     budget: Budget
     peak_lr: float
+    nonfinite_step: Tensor
+    """On the device: the first step whose loss was not finite, -1 while there is none. Updated
+    every step without a host sync; read where the loop syncs anyway (logging, checkpoints)."""
+    lock: RunLock
     step: int = 0
     elapsed: float = 0.0
     seconds_per_step: float | None = None
     loss: float = float("nan")
     skipped_files: int = 0
+    saved_step: int | None = None
+    """Step of the last checkpoint written (or resumed from); ``None`` before the first."""
+    restarted: bool = False
+    """Whether this run continues a folder with earlier metrics (their later steps are hidden)."""
 
     @property
     def rank(self) -> int:
@@ -130,8 +151,11 @@ def pretrain(
         A summary: steps, epochs, seconds, last loss, skipped files and the kNN results.
     """
     run = setup_run(cfg, run_dir, resume=resume, dataset=dataset, fitted=fitted, state=state)
-    train_loop(run)
-    return finish_run(run)
+    try:
+        train_loop(run)
+        return finish_run(run)
+    finally:
+        run.lock.release()
 
 
 def setup_run(
@@ -143,9 +167,11 @@ def setup_run(
     fitted: Fitted | None,
     state: dict[str, Any] | None,
 ) -> Run:
-    """Check the run folder, open the data, build and restore the model and optimizer.
+    """Lock and check the run folder, open the data, build and restore the model and optimizer.
 
-    The arguments are :func:`pretrain`'s.
+    The arguments are :func:`pretrain`'s. Nothing in the run folder is rewritten before a
+    resumed state is accepted (its config compared, its weights loaded): ``config.yaml`` and
+    ``environment.json`` are written, and ``metrics.jsonl`` cut back to the checkpoint, after.
     """
     cfg = resolve_modality(cfg)  # the saved config names the modality, never "auto"
     tcfg = cfg.train
@@ -156,10 +182,31 @@ def setup_run(
             f"batch size {tcfg.batch_size} is not divisible by the {distributed.world_size()} "
             "processes; train.batch_size is the global batch"
         )
-    # Rank 0 checks the folder and reads the checkpoint, then hands it to the others.
+    # Rank 0 reads the checkpoint, then locks and checks the folder; the others follow it.
     if state is None and resume:
-        state = distributed.run_on_main(partial(_read_resume_state, run_dir))
-    distributed.run_on_main(partial(_prepare_run_dir, run_dir, cfg, resume, device, precision))
+        state = distributed.run_on_main(partial(read_resume_state, run_dir))
+    lock = RunLock(run_dir)
+    distributed.run_on_main(partial(prepare_run_dir, run_dir, cfg, resume, state, lock))
+    try:
+        return _build_run(cfg, run_dir, resume, device, precision, dataset, fitted, state, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _build_run(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    device: torch.device,
+    precision: str,
+    dataset: TrainData | None,
+    fitted: Fitted | None,
+    state: dict[str, Any] | None,
+    lock: RunLock,
+) -> Run:
+    """:func:`setup_run` once the folder is locked and checked: data, model, restored state."""
+    tcfg = cfg.train
     if dataset is None:
         dataset, fitted = _open_training_data(modality_for(cfg), state)
     elif fitted is None:
@@ -173,11 +220,15 @@ def setup_run(
         )
     eval_sets = _eval_datasets(cfg, modality, dataset)  # fail before training, not after
     if state is not None:
-        _restore(model, state, "model", run_dir)
+        load_weights(model, state["model"], f"cannot resume {run_dir / 'checkpoints' / LATEST}")
     model, train_model, optimizer, scaler = _training_parts(model, cfg, device, precision)
     if state is not None:
         _restore(optimizer, state, "optimizer", run_dir)
-        scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without fp16 (a changed precision starts afresh)
+            _restore(scaler, state, "scaler", run_dir)
+    restarted = distributed.run_on_main(
+        partial(write_run_files, run_dir, cfg, resume, state, device, precision)
+    )
     views = modality.views(tcfg.seed)
     views.to(device)  # filter banks and other buffers of the view generator
     run = Run(
@@ -196,10 +247,14 @@ def setup_run(
         criterion=NTXentLoss(tcfg.temperature),
         budget=Budget(len(dataset) // tcfg.batch_size, tcfg.epochs, tcfg.max_steps, tcfg.max_time),
         peak_lr=scaled_lr(cfg.optim.lr, tcfg.batch_size, cfg.optim.lr_scaling),
+        nonfinite_step=torch.full((), -1, dtype=torch.long, device=device),
+        lock=lock,
+        restarted=restarted,
     )
     if state is not None:
         run.step, run.elapsed = int(state["step"]), float(state["elapsed_s"])
         run.seconds_per_step = state.get("seconds_per_step")
+        run.saved_step = run.step
         log.info("resumed from %s at step %d", run.checkpoint_path, run.step)
     return run
 
@@ -207,23 +262,24 @@ def setup_run(
 def train_loop(run: Run) -> None:
     """Train until a budget is spent or a stop is requested, checkpointing as configured.
 
-    Ctrl-C or SIGTERM (a scheduler pre-empting the job) stops every rank after the same step;
-    the checkpoint is then written and ``KeyboardInterrupt`` raised.
+    Ctrl-C or SIGTERM (a scheduler pre-empting the job, to the main process or its whole
+    process group: loader workers ignore both) stops every rank after the same step; the
+    checkpoint is then written and ``KeyboardInterrupt`` raised. A second Ctrl-C interrupts at
+    once: the checkpoint is then written only if no step was half done.
+
+    The loss is checked every step on the device (:func:`_note_loss`), and nothing non-finite
+    is ever written to a checkpoint (:func:`save_run_checkpoint`).
     """
     tcfg = run.cfg.train
     main = distributed.is_main()
-    metrics = MetricsLog(run.run_dir) if main else None
+    purge = run.step + 1 if run.restarted else None
+    metrics = MetricsLog(run.run_dir, purge_step=purge) if main else None
     clock = StepClock(run.step, run.elapsed, run.seconds_per_step)
     window = ThroughputWindow(run.step)
     stop = _StopRequest()
-    bar = tqdm(
-        total=run.budget.step_limit,
-        initial=run.step,
-        disable=not (tcfg.progress and main),
-        unit="step",
-        dynamic_ncols=True,
-    )
+    bar = _progress_bar(run, enabled=tcfg.progress and main)
     run.model.train()
+    agreed_stop = in_step = False
     try:
         while not run.budget.done(run.step, run.elapsed):
             epoch, offset = divmod(run.step, run.budget.steps_per_epoch)
@@ -246,35 +302,67 @@ def train_loop(run: Run) -> None:
                     window.fetching()
                     continue
                 lr, total_steps = _schedule(run)
+                in_step = True
                 loss = _train_step(run, batch, length, lr)
+                in_step = False
+                _note_loss(run, loss)
                 bar.update(1)
                 stopping = _agree_on_time(run, clock, stop)
                 if run.step % tcfg.log_every == 0 or run.budget.done(run.step, run.elapsed):
-                    record = _log_record(run, loss, lr, total_steps, window)
-                    if metrics is not None:
-                        metrics.write(record)
-                    bar.total = total_steps
-                    rate = f"{record['images_per_s']:.0f}"
-                    bar.set_postfix(loss=f"{run.loss:.3f}", lr=f"{lr:.3g}", img_s=rate)
+                    _check_loss(run)
+                    _log_step(run, _log_record(run, loss, lr, total_steps, window), metrics, bar)
                 if run.step % tcfg.checkpoint_every == 0:
                     save_run_checkpoint(run)
                 if stopping:  # every rank stops after the same step
+                    agreed_stop = True
                     raise KeyboardInterrupt("stop requested")
                 if run.budget.done(run.step, run.elapsed):
                     break
                 window.fetching()
             if run.step == step_at_epoch_start:
                 raise UserError(f"no readable items in {run.cfg.data.path} (all files failed)")
-        save_run_checkpoint(run)
-    except KeyboardInterrupt:
-        save_run_checkpoint(run)
-        log.warning("interrupted: checkpoint saved at step %d; continue with --resume", run.step)
-        raise
+        if run.saved_step != run.step:
+            save_run_checkpoint(run)
+    except (KeyboardInterrupt, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not _loader_died_of_stop(err, stop):
+            raise
+        _save_on_interrupt(run, in_step=in_step, agreed=agreed_stop)
+        raise KeyboardInterrupt("stop requested") from None
     finally:
         stop.restore()
         bar.close()
         if metrics is not None:
             metrics.close()
+
+
+def _progress_bar(run: Run, *, enabled: bool) -> tqdm[Any]:
+    """The step progress bar (rank 0, ``train.progress``), from the run's current step."""
+    return tqdm(
+        total=run.budget.step_limit,
+        initial=run.step,
+        disable=not enabled,
+        unit="step",
+        dynamic_ncols=True,
+    )
+
+
+def _log_step(run: Run, record: dict[str, Any], metrics: MetricsLog | None, bar: tqdm[Any]) -> None:
+    """Write a step's record and show it in the progress bar."""
+    if metrics is not None:
+        metrics.write(record)
+    bar.total = record["planned_steps"]
+    rate = f"{record['images_per_s']:.0f}"
+    bar.set_postfix(loss=f"{run.loss:.3f}", lr=f"{record['lr']:.3g}", img_s=rate)
+
+
+def _save_on_interrupt(run: Run, *, in_step: bool, agreed: bool) -> None:
+    """Save after Ctrl-C or SIGTERM, unless the interruption came inside a step."""
+    if in_step:  # a second Ctrl-C inside a step: its state is half updated
+        log.warning("interrupted inside step %d: not saved; %s", run.step + 1, _last_good(run))
+        return
+    if run.saved_step != run.step:
+        save_run_checkpoint(run, agree=agreed)
+    log.warning("interrupted: checkpoint saved at step %d; continue with --resume", run.step)
 
 
 def finish_run(run: Run) -> dict[str, Any]:
@@ -301,15 +389,38 @@ def finish_run(run: Run) -> dict[str, Any]:
             "sha256": file_sha256(run.checkpoint_path),
             "step": run.step,
         }
-        (run.run_dir / "knn.json").write_text(json.dumps(knn, indent=2) + "\n")
+        write_text_atomic(run.run_dir / "knn.json", json.dumps(knn, indent=2) + "\n")
     summary["knn"] = knn
     return summary
 
 
-def save_run_checkpoint(run: Run) -> None:
-    """Write ``latest.pt`` (rank 0 only; atomically, see :func:`save_checkpoint`)."""
-    if not distributed.is_main():
-        return
+def save_run_checkpoint(run: Run, *, agree: bool = True) -> None:
+    """Write ``latest.pt`` (rank 0 only; atomically, see :func:`save_checkpoint`).
+
+    Every rank first checks the loss of every step since the last check and the model and
+    optimizer state: nothing non-finite is written, so the last good checkpoint survives a
+    divergence. ``agree``: the ranks are in step (a collective is safe); ``False`` after a
+    second Ctrl-C, when each rank checks alone.
+
+    Raises:
+        UserError: a non-finite loss or state (naming the step and the last good checkpoint),
+            or a checkpoint that cannot be written (full disk: the previous one is intact).
+    """
+    _check_loss(run, agree=agree)
+    bad = nonfinite_tensors(
+        state_tensors(run.model.state_dict(), "model.")
+        + state_tensors(run.optimizer.state_dict()["state"], "optimizer.")
+    )
+    if bad:
+        names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        raise _diverged(run, f"the weights hold NaN or infinity after step {run.step} ({names})")
+    if distributed.is_main():
+        _write_checkpoint(run)
+    run.saved_step = run.step  # on every rank: they all take the same decisions from it
+
+
+def _write_checkpoint(run: Run) -> None:
+    """Save the run's state to ``latest.pt``; a failed write names the intact last one."""
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -322,7 +433,11 @@ def save_run_checkpoint(run: Run) -> None:
         "config": to_dict(run.cfg),
         "fitted": run.modality.fitted or {},
     }
-    save_checkpoint(state, run.checkpoint_path)
+    try:
+        save_checkpoint(state, run.checkpoint_path)
+    except WriteFailed as err:
+        then = "start again" if run.saved_step is None else "continue with --resume"
+        raise UserError(f"{err}; {_last_good(run)}; once it can be written, {then}") from None
 
 
 def training_step(
@@ -335,8 +450,13 @@ def training_step(
     *,
     autocast: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
+    objective_scale: float = OBJECTIVE_SCALES["official"],
 ) -> Tensor:
     """One optimisation step on a batch of view pairs; returns this process's loss (detached).
+
+    The returned (and logged) loss is NT-Xent's mean over the 2B anchors; the gradient is that
+    of ``objective_scale`` times it: by default the official objective, twice the mean (see
+    :data:`simclr.losses.OBJECTIVE_SCALES`).
 
     Both views go through the model as one batch of 2B, so batch norm sees them together (as
     the official implementation does); under DDP ``model`` is the wrapped model and ``criterion``
@@ -353,7 +473,7 @@ def training_step(
         z1, z2 = model(both).chunk(2)
         loss: Tensor = criterion(z1, z2)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(objective_scale * loss).backward()
     scaler.step(optimizer)
     scaler.update()
     return loss.detach()
@@ -405,27 +525,6 @@ def _training_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def _read_resume_state(run_dir: Path) -> dict[str, Any] | None:
-    """The checkpoint of ``run_dir`` to resume from, or ``None`` when there is none yet."""
-    path = run_dir / "checkpoints" / LATEST
-    return load_checkpoint(path) if path.exists() else None
-
-
-def _prepare_run_dir(
-    run_dir: Path, cfg: Config, resume: bool, device: torch.device, precision: str
-) -> None:
-    """Refuse to overwrite a run, create the folder, write the config and environment."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file, not a folder")
-    if (run_dir / "checkpoints" / LATEST).exists() and not resume:
-        raise UserError(
-            f"{run_dir} already holds a run; continue it with --resume or choose another --out"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg))
-    _write_environment(run_dir, device, precision)
 
 
 def _training_parts(
@@ -547,6 +646,7 @@ def _train_step(run: Run, batch: Batch, length: int, lr: float) -> Tensor:
         run.scaler,
         autocast=autocast_dtype(run.precision),
         memory_format=run.memory_format,
+        objective_scale=OBJECTIVE_SCALES[run.cfg.train.objective],
     )
     run.step += 1
     return loss
@@ -589,8 +689,51 @@ def _log_record(
     }
 
 
+def _note_loss(run: Run, loss: Tensor) -> None:
+    """Remember, on the device, the first step whose loss is not finite (no host sync)."""
+    flag = run.nonfinite_step
+    flag.masked_fill_(torch.isfinite(loss).logical_not() & (flag < 0), run.step)
+
+
+def _check_loss(run: Run, *, agree: bool = True) -> None:
+    """Raise if a step since the start had a non-finite loss (on any rank when ``agree``).
+
+    The one host read of the flag :func:`_note_loss` keeps; called at log steps and before
+    every checkpoint, where the loop syncs anyway.
+    """
+    first = float(run.nonfinite_step.item())
+    if agree and run.world > 1:  # the earliest over ranks
+        first = -distributed.agree_max([-first if first >= 0 else -math.inf])[0]
+    if 0 <= first < math.inf:
+        raise _diverged(run, f"the loss became non-finite at step {int(first)}")
+
+
+def _diverged(run: Run, what: str) -> UserError:
+    """The error of a run whose loss or weights stopped being finite."""
+    if run.saved_step is None:
+        advice = "no checkpoint was written before it: start again with a lower optim.lr"
+    else:
+        advice = (
+            f"nothing non-finite was saved; {_last_good(run)}: continue from it with --resume "
+            "and a lower optim.lr (--lr)"
+        )
+    return UserError(f"{what}; {advice} (or train.precision=fp32)")
+
+
+def _last_good(run: Run) -> str:
+    """Where the last good checkpoint is, for error messages."""
+    if run.saved_step is None:
+        return "no checkpoint was written yet"
+    return f"the last good checkpoint is {run.checkpoint_path} (step {run.saved_step}), intact"
+
+
+def _loader_died_of_stop(err: RuntimeError, stop: _StopRequest) -> bool:
+    """A loader worker killed by the stop signal itself, before it could ignore it."""
+    return stop.is_set() and "DataLoader worker" in str(err)
+
+
 def _restore(target: Any, state: dict[str, Any], key: str, run_dir: Path) -> None:
-    """Load ``state[key]`` into a model or optimizer; a mismatch is the user's config."""
+    """Load ``state[key]`` into an optimizer or scaler; a mismatch is the user's config."""
     try:
         target.load_state_dict(state[key])
     except (RuntimeError, ValueError, KeyError) as err:
@@ -627,28 +770,3 @@ class _StopRequest:
         """Put the previous signal handlers back."""
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
-
-
-def _write_environment(run_dir: Path, device: torch.device, precision: str) -> None:
-    """Record versions, device and git commit next to the run, for reproducibility."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    info = {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "device": str(device),
-        "precision": precision,
-        "threads": torch.get_num_threads(),
-        "git_commit": commit or None,
-    }
-    (run_dir / "environment.json").write_text(json.dumps(info, indent=2) + "\n")

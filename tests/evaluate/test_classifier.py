@@ -162,3 +162,32 @@ def test_no_evaluate_module_imports_the_pretraining_loop(tmp_path):
     for line in ("import simclr.train", "from simclr import train", "from ..train import Budget"):
         (tmp_path / "m.py").write_text(line + "\n")
         assert "simclr.train" in _imported_modules(tmp_path / "m.py", "simclr.evaluate"), line
+
+
+def test_the_new_classifier_is_excluded_from_lars_adaptation_and_weight_decay(monkeypatch):
+    # As the official head_supervised: a LARS-adapted zero-initialised layer barely trains
+    # (tests/test_optim.py shows it); the trainer must hand the classifier to that exclusion.
+    from simclr.evaluate import classifier as module
+
+    seen = {}
+    real = module.build_optimizer
+
+    def spy(model, cfg, batch_size, *, exclude=()):
+        optimizer = real(model, cfg, batch_size, exclude=exclude)
+        seen["groups"] = optimizer.param_groups
+        return optimizer
+
+    monkeypatch.setattr(module, "build_optimizer", spy)
+    model = tiny_classifier()
+    train(model, tiny_data(), training(optimizer="lars", weight_decay=0.1))
+    excluded = {id(p) for g in seen["groups"] if g["lars_exclude"] for p in g["params"]}
+    assert {id(model.fc.weight), id(model.fc.bias)} <= excluded
+    decayed = [g for g in seen["groups"] if g["weight_decay"] > 0]
+    assert all(id(p) not in {id(model.fc.weight)} for g in decayed for p in g["params"])
+
+
+def test_sqrt_scaling_and_unknown_rules():
+    run = train(tiny_classifier(), tiny_data(), training(lr=0.005, lr_scaling="sqrt"))
+    assert run.peak_lr == pytest.approx(0.005 * 4**0.5)
+    with pytest.raises(UserError, match="lr scaling"):
+        training(lr_scaling="cubic")

@@ -142,8 +142,9 @@ def test_unreadable_and_empty_files_are_skipped_with_a_warning(
         items = read_audio_folder(str(tmp_path), split="train", sample_rate=RATE, max_seconds=30)
     assert len(items) == 6
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 2
+    assert len(warned) == 3  # one per file, then the count
     assert any("broken.wav" in m for m in warned) and any("silent.wav" in m for m in warned)
+    assert warned[-1].startswith("skipped 2 unreadable audio file(s) of 8")
 
 
 def test_missing_empty_or_unreadable_data_is_a_user_error(tmp_path: Path) -> None:

@@ -8,12 +8,17 @@ input). Cropping in the workers also shrinks what crosses to the device to two S
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import PIL.Image
 import torch
+import torchvision.transforms as T1
 import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from simclr.augment.functional import resized_crop
+from simclr.augment.params import sample_crop_boxes_tf
 from simclr.config import AugmentConfig
 
 EVAL_CROP_FRACTION = 0.875
@@ -29,16 +34,71 @@ def _as_uint8_tensor(picture: Tensor | PIL.Image.Image) -> Tensor:
     return image
 
 
+class RecipeCrop:
+    """One random resized crop of one image with the recipe's crop method and interpolation.
+
+    :class:`TwoCrops` uses it when either is not torchvision's (``RandomResizedCrop``). The
+    box comes from :func:`~simclr.augment.params.sample_crop_boxes_tf` (``crop_method: tf``)
+    or torchvision's ``RandomResizedCrop.get_params``, drawn from torch's global generator.
+    ``bilinear`` resizes with antialiasing, as :class:`TwoCrops` always has; the TensorFlow
+    bicubic resizes run on the crop in float and are rounded back to uint8 (which also clips
+    their overshoot).
+
+    Shape:
+        - input: ``[C, H, W]`` uint8 (a PIL image is also accepted)
+        - output: ``[C, S, S]`` uint8, S = ``cfg.size``
+    """
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        self.size = cfg.size
+        self.scale = (float(cfg.crop_scale[0]), float(cfg.crop_scale[1]))
+        self.ratio = (float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1]))
+        self.method = cfg.crop_method
+        self.interpolation = cfg.interpolation
+
+    def box(self, pixels: Tensor) -> tuple[int, int, int, int]:
+        """A random ``(top, left, height, width)`` for this image."""
+        height, width = pixels.shape[-2:]
+        if self.method == "tf":
+            drawn = sample_crop_boxes_tf(1, height, width, self.scale, self.ratio, None)
+            top, left, box_h, box_w = (int(v) for v in drawn[0].tolist())
+            return top, left, box_h, box_w
+        top, left, box_h, box_w = T1.RandomResizedCrop.get_params(pixels, self.scale, self.ratio)
+        return top, left, box_h, box_w
+
+    def __call__(self, picture: Tensor | PIL.Image.Image) -> Tensor:
+        """Cut one crop (see the class docstring for shapes)."""
+        pixels = _as_uint8_tensor(picture)
+        top, left, box_h, box_w = self.box(pixels)
+        if self.interpolation == "bilinear":
+            out: Tensor = TF.resized_crop(
+                pixels, top, left, box_h, box_w, [self.size, self.size], antialias=True
+            )
+            return out
+        crop = pixels[None, :, top : top + box_h, left : left + box_w].float().div_(255)
+        box = torch.tensor([[0, 0, box_h, box_w]])
+        resized = resized_crop(crop, box, self.size, interpolation=self.interpolation)
+        return resized[0].mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+            f"crop_method={self.method!r}, interpolation={self.interpolation!r})"
+        )
+
+
 class TwoCrops:
     """Two independent random resized crops of one image, for the SimCLR loader workers.
 
-    Uses torchvision's ``RandomResizedCrop`` with the recipe's scale and ratio ranges and
+    By default torchvision's ``RandomResizedCrop`` with the recipe's scale and ratio ranges and
     antialiased bilinear resizing (crops of large photographs are often downsampled, where
-    antialiasing matters). Randomness is torch's global generator, which the DataLoader seeds
+    antialiasing matters); with ``crop_method: tf`` or a TensorFlow bicubic ``interpolation``,
+    :class:`RecipeCrop`. Randomness is torch's global generator, which the DataLoader seeds
     differently in every worker and epoch.
 
     Args:
-        cfg: The recipe; uses ``size``, ``crop_scale`` and ``crop_ratio``.
+        cfg: The recipe; uses ``size``, ``crop_scale``, ``crop_ratio``, ``crop_method`` and
+            ``interpolation``.
 
     Shape:
         - input: ``[C, H, W]`` uint8 (a PIL image is also accepted)
@@ -47,13 +107,17 @@ class TwoCrops:
 
     def __init__(self, cfg: AugmentConfig) -> None:
         self.size = cfg.size
-        self.crop = T.RandomResizedCrop(
-            cfg.size,
-            scale=tuple(cfg.crop_scale),
-            ratio=tuple(cfg.crop_ratio),
-            interpolation=T.InterpolationMode.BILINEAR,
-            antialias=True,
-        )
+        self.crop: Callable[[Tensor], Tensor]
+        if cfg.crop_method == "torchvision" and cfg.interpolation == "bilinear":
+            self.crop = T.RandomResizedCrop(
+                cfg.size,
+                scale=tuple(cfg.crop_scale),
+                ratio=tuple(cfg.crop_ratio),
+                interpolation=T.InterpolationMode.BILINEAR,
+                antialias=True,
+            )
+        else:
+            self.crop = RecipeCrop(cfg)
 
     def __call__(self, image: Tensor | PIL.Image.Image) -> Tensor:
         """Cut two crops of ``image`` (see the class docstring for shapes)."""

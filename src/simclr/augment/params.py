@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +30,18 @@ from simclr.config import AugmentConfig
 
 CROP_ATTEMPTS = 10
 """Random resized crop tries this many (area, aspect) draws per sample, like torchvision."""
+
+TF_CROP_ATTEMPTS = 100
+"""``max_attempts`` of the official code's ``tf.image.sample_distorted_bounding_box`` call."""
+
+TF_FIRST_ATTEMPTS = 8
+"""Attempts of the TF crop evaluated for every sample before the remaining ones are evaluated
+for the samples still without a box (the result is the same; it only saves work)."""
+
+TF_MIN_OBJECT_COVERED = 0.1
+"""``min_object_covered`` of the official call: with the whole image as the only bounding box,
+a crop must cover at least this fraction of the image, which raises the 0.08 of ``area_range``
+to 0.1."""
 
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 """Indices of the colour-jitter operations in :attr:`ViewParams.jitter_order`."""
@@ -43,7 +57,8 @@ class ViewParams:
         boxes: Crop boxes ``(top, left, height, width)`` in pixels, int64. Shape: ``[B, 4]``.
         flip: Horizontal flip mask, bool. Shape: ``[B]``.
         jitter: Whether colour jitter is applied, bool. Shape: ``[B]``.
-        brightness: Brightness factor, U(max(0, 1 - b), 1 + b). Shape: ``[B]``.
+        brightness: Brightness factor, U(max(0, 1 - b), 1 + b), or with
+            ``brightness_mode="additive"`` the offset, U(-b, b). Shape: ``[B]``.
         contrast: Contrast factor, U(max(0, 1 - c), 1 + c). Shape: ``[B]``.
         saturation: Saturation factor, U(max(0, 1 - s), 1 + s). Shape: ``[B]``.
         hue: Hue shift in turns, U(-h, h). Shape: ``[B]``.
@@ -154,6 +169,175 @@ def sample_crop_boxes(
     return torch.where(found[:, None], picked, fallback)
 
 
+def sample_crop_boxes_tf(
+    batch_size: int,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Crop boxes with the semantics of the official code's TensorFlow crop, batched.
+
+    The official ``crop_and_resize`` calls ``tf.image.sample_distorted_bounding_box`` with the
+    whole image as bounding box, ``area_range=scale``, ``aspect_ratio_range=ratio``,
+    ``min_object_covered`` = :data:`TF_MIN_OBJECT_COVERED` and ``max_attempts`` =
+    :data:`TF_CROP_ATTEMPTS`. Each sample draws its :data:`TF_CROP_ATTEMPTS` aspect ratios and
+    heights and its two offsets at once (a fixed number of random numbers per sample); the
+    geometry is :func:`tf_crop_boxes`.
+
+    Args:
+        batch_size: Number of boxes B.
+        height: Image height H in pixels.
+        width: Image width W in pixels.
+        scale: ``area_range``: range of the crop area as a fraction of the image area.
+        ratio: ``aspect_ratio_range``: range of the aspect ratio width / height.
+        generator: Source of randomness, the boxes are created on its device; ``None`` uses
+            torch's global generator on the CPU (in loader workers).
+
+    Returns:
+        Boxes ``(top, left, height, width)``, int64, each inside the image.
+
+    Shape:
+        Output: ``[B, 4]``.
+    """
+    n, k = batch_size, TF_CROP_ATTEMPTS
+    device = generator.device if generator is not None else torch.device("cpu")
+    aspect_u = torch.rand(n, k, generator=generator, device=device)
+    height_u = torch.rand(n, k, generator=generator, device=device)
+    offset_u = torch.rand(n, 2, generator=generator, device=device)
+    return tf_crop_boxes(aspect_u, height_u, offset_u, height, width, scale, ratio)
+
+
+def _f32(value: float | np.floating[Any]) -> float:
+    """``value`` rounded to float32, as a Python float (TF's attributes are C++ floats)."""
+    return float(np.float32(value))
+
+
+def tf_crop_boxes(
+    aspect_u: Tensor,
+    height_u: Tensor,
+    offset_u: Tensor,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    min_object_covered: float = TF_MIN_OBJECT_COVERED,
+) -> Tensor:
+    """``sample_distorted_bounding_box`` (whole image as box) for given uniform draws.
+
+    The TensorFlow kernel (``sample_distorted_bounding_box_op.cc``), attempt after attempt
+    until one is accepted: the aspect ratio ``r`` is uniform in ``ratio``; the height is
+    uniform over the whole numbers from ``rint(sqrt(min_area / r))`` to ``max_height =
+    rint(sqrt(max_area / r))`` (lowered so that ``rint(max_height r) <= W``, and to at most
+    H), the width is ``rint(height r)``; a box whose area misses ``[min_area, max_area]`` is
+    grown, then shrunk, by one pixel of height; it is rejected if it still misses, if it does
+    not fit, or if it covers less than ``min_object_covered`` of the image. An accepted box's
+    offsets are uniform in ``[0, H - h)`` and ``[0, W - w)`` (0 when the side is full). With no
+    accepted attempt the box is the whole image. Areas and ratios are computed in float32, as
+    the kernel does (its one double-precision expression in float64 where the device has it),
+    and rounding is half-to-even like ``lrintf``, so for the same draws the boxes are the
+    kernel's. TensorFlow's ``Uniform(n)`` integer draws are ``floor(u n)`` here.
+
+    Args:
+        aspect_u: Uniform [0, 1) draws for the aspect ratio of each attempt.
+        height_u: Uniform [0, 1) draws for the height of each attempt.
+        offset_u: Uniform [0, 1) draws for the (top, left) offsets of the accepted box.
+        height: Image height H.
+        width: Image width W.
+        scale: ``area_range``.
+        ratio: ``aspect_ratio_range`` (width / height).
+        min_object_covered: Fraction of the image the box must cover.
+
+    Returns:
+        Boxes ``(top, left, height, width)``, int64.
+
+    Shape:
+        - aspect_u, height_u: ``[B, K]`` (K attempts)
+        - offset_u: ``[B, 2]``
+        - output: ``[B, 4]``
+    """
+    device = aspect_u.device
+    attempts = aspect_u.shape[1]
+    args = (height, width, scale, ratio, min_object_covered)
+    # Nearly every sample accepts one of its first attempts: try those for all, the rest
+    # only for the samples still without a box (one host synchronisation).
+    head = min(attempts, TF_FIRST_ATTEMPTS)
+    found, h_pick, w_pick = _tf_first_accepted(aspect_u[:, :head], height_u[:, :head], *args)
+    if head < attempts and not bool(found.all()):
+        rest = (~found).nonzero().squeeze(1)
+        found_r, h_r, w_r = _tf_first_accepted(aspect_u[rest, head:], height_u[rest, head:], *args)
+        found = found.index_put((rest,), found_r)
+        h_pick = h_pick.index_put((rest,), h_r)
+        w_pick = w_pick.index_put((rest,), w_r)
+    f32 = torch.float32
+    room_y, room_x = height - h_pick, width - w_pick
+    top = torch.minimum(torch.floor(offset_u[:, 0].to(f32) * room_y), room_y - 1).clamp(min=0)
+    left = torch.minimum(torch.floor(offset_u[:, 1].to(f32) * room_x), room_x - 1).clamp(min=0)
+    picked = torch.stack([top, left, h_pick, w_pick], dim=1).long()
+    whole = torch.tensor([0, 0, height, width], dtype=torch.long, device=device)
+    return torch.where(found[:, None], picked, whole)
+
+
+def _tf_first_accepted(
+    aspect_u: Tensor,
+    height_u: Tensor,
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    min_object_covered: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``GenerateRandomCrop`` and the overlap test of every attempt (see :func:`tf_crop_boxes`).
+
+    Returns:
+        Whether an attempt was accepted, and the height and width (float32) of the first one.
+
+    Shape:
+        - aspect_u, height_u: ``[B, K]``
+        - outputs: ``[B]``
+    """
+    f32 = torch.float32
+    device = aspect_u.device
+    wide = torch.float32 if device.type == "mps" else torch.float64
+    lo, hi = _f32(ratio[0]), _f32(ratio[1])
+    # C++ float arithmetic: area_range[i] * original_width * original_height
+    min_area = _f32(np.float32(scale[0]) * np.float32(width) * np.float32(height))
+    max_area = _f32(np.float32(scale[1]) * np.float32(width) * np.float32(height))
+    span_ratio = _f32(np.float32(hi) - np.float32(lo))
+    ar = aspect_u.to(f32) * span_ratio + lo
+
+    # (a Python number divided by a tensor is a reciprocal and a product in torch: not IEEE
+    # division, so the dividends are tensors)
+    h = torch.round(torch.sqrt(torch.full_like(ar, min_area) / ar))
+    max_h = torch.round(torch.sqrt(torch.full_like(ar, max_area) / ar))
+    # Too wide: the largest height with rint(h r) <= W, computed in double by the kernel.
+    limit = torch.full_like(ar, float(width) + 0.5 - float(np.float32(1e-7)), dtype=wide)
+    max_h_w = torch.trunc(limit / ar.to(wide)).to(f32)
+    max_h_w = max_h_w - (torch.round(max_h_w * ar) > width).to(f32)
+    max_h = torch.where(torch.round(max_h * ar) > width, max_h_w, max_h).clamp(max=height)
+    h = torch.minimum(h, max_h)
+    span = max_h - h + 1
+    h = h + torch.where(h < max_h, torch.minimum(torch.floor(height_u.to(f32) * span), span - 1), 0)
+    w = torch.round(h * ar)
+    area = w * h
+    small = area < min_area  # one pixel taller
+    h = h + small.to(f32)
+    w = torch.where(small, torch.round(h * ar), w)
+    area = torch.where(small, w * h, area)
+    large = area > max_area  # one pixel shorter
+    h = h - large.to(f32)
+    w = torch.where(large, torch.round(h * ar), w)
+    area = torch.where(large, w * h, area)
+    ok = (area >= min_area) & (area <= max_area) & (w <= width) & (h <= height)
+    ok &= (w > 0) & (h > 0) & (area >= 1)
+    # Overlap with the image (the only bounding box): covered fraction, in float32.
+    ok &= area / _f32(width * height) >= _f32(min_object_covered)
+
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
+    return ok.any(dim=1), h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+
+
 def sample_view_params(
     batch_size: int,
     height: int,
@@ -181,10 +365,14 @@ def sample_view_params(
     b, c, s, h = cfg.jitter_amounts()
     if not 0 <= h <= 0.5:
         raise ValueError(f"hue jitter must be in [0, 0.5], got {h}")
-    boxes = sample_crop_boxes(n, height, width, cfg.crop_scale, cfg.crop_ratio, generator)
+    sampler = sample_crop_boxes_tf if cfg.crop_method == "tf" else sample_crop_boxes
+    boxes = sampler(n, height, width, cfg.crop_scale, cfg.crop_ratio, generator)
     flip = _bernoulli(n, cfg.flip_p, generator)
     jitter = _bernoulli(n, cfg.jitter_p, generator)
-    brightness = _uniform(n, max(0.0, 1.0 - b), 1.0 + b, generator)
+    if cfg.brightness_mode == "additive":
+        brightness = _uniform(n, -b, b, generator)
+    else:
+        brightness = _uniform(n, max(0.0, 1.0 - b), 1.0 + b, generator)
     contrast = _uniform(n, max(0.0, 1.0 - c), 1.0 + c, generator)
     saturation = _uniform(n, max(0.0, 1.0 - s), 1.0 + s, generator)
     hue = _uniform(n, -h, h, generator)

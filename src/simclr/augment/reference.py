@@ -17,7 +17,9 @@ def reference_transform(cfg: AugmentConfig) -> T.Compose:
     with probability ``jitter_p`` in a random order, grayscale, Gaussian blur, and conversion
     to float. It is the usual way SimCLR is reimplemented in PyTorch and the baseline the
     batched version is compared against. The colour operations run on uint8 pixels here, so
-    values differ from the batched float pipeline by rounding.
+    values differ from the batched float pipeline by rounding. It is torchvision's recipe: the
+    settings for the official code's semantics (``crop_method``, ``interpolation``,
+    ``brightness_mode``, ``color_mode``, ``blur_padding``) are not used.
 
     Args:
         cfg: The recipe.

@@ -14,13 +14,15 @@ class SimCLRViews(nn.Module):
     """The SimCLR augmentation: two independently augmented views of every image in a batch.
 
     Stages, in the paper's order (arXiv 2002.05709, appendix A): random resized crop to
-    ``cfg.size`` (bilinear), horizontal flip, colour jitter with probability ``jitter_p`` (the
-    four operations in a random order per view), grayscale, Gaussian blur with a kernel of
-    ``blur_kernel_fraction`` of the side. The whole batch is processed at once, with
-    per-view random parameters, on whatever device the input is on (typically the GPU, fed
-    uint8 to keep the host-to-device copy small). Both views of an image are drawn
-    independently: the batch of ``2B`` views is augmented as one batch whose first ``B``
-    entries are the first views.
+    ``cfg.size`` (bilinear, or TensorFlow's bicubic: ``cfg.interpolation``), horizontal flip,
+    colour jitter with probability ``jitter_p`` (the four operations in a random order per
+    view), grayscale, Gaussian blur with a kernel of ``blur_kernel_fraction`` of the side.
+    ``cfg.crop_method``, ``brightness_mode``, ``color_mode`` and ``blur_padding`` choose
+    between torchvision's semantics and the official TensorFlow code's. The whole batch is
+    processed at once, with per-view random parameters, on whatever device the input is on
+    (typically the GPU, fed uint8 to keep the host-to-device copy small). Both views of an
+    image are drawn independently: the batch of ``2B`` views is augmented as one batch whose
+    first ``B`` entries are the first views.
 
     Randomness comes only from this module's own :class:`torch.Generator`, created on the
     input's device at the first call and seeded from ``seed``: the same seed gives the same
@@ -150,12 +152,15 @@ class SimCLRViews(nn.Module):
             n, _, height, width = images.shape
             params = self.sample_params(2 * n, height, width, images.device)
             source = _to_float(images, copy=False)  # the crops below write new buffers
+            how = self.cfg.interpolation
             x = torch.cat(  # the flip is folded into the crops' sampling grids
                 [
-                    AF.resized_crop(source, params.boxes[:n], size, params.flip[:n]),
-                    AF.resized_crop(source, params.boxes[n:], size, params.flip[n:]),
+                    AF.resized_crop(source, params.boxes[:n], size, params.flip[:n], how),
+                    AF.resized_crop(source, params.boxes[n:], size, params.flip[n:], how),
                 ]
             )
+            if how != "bilinear":
+                x.clamp_(0, 1)  # bicubic overshoot
         else:
             raise ValueError(
                 f"images must be [B, C, H, W] or [B, 2, C, S, S], got {tuple(images.shape)}"
@@ -188,11 +193,17 @@ class SimCLRViews(nn.Module):
         if flip and cfg.flip_p > 0:
             AF.hflip_(x, params.flip)
         if cfg.jitter_p > 0 and any(self._jitter_ops):
-            AF.color_jitter_(x, params, self._jitter_ops)
+            AF.color_jitter_(
+                x,
+                params,
+                self._jitter_ops,
+                brightness_mode=cfg.brightness_mode,
+                color_mode=cfg.color_mode,
+            )
         if cfg.grayscale_p > 0:
             AF.grayscale_(x, params.grayscale)
         if cfg.blur_p > 0:
-            AF.gaussian_blur_(x, params.sigma, self.blur_kernel, params.blur)
+            AF.gaussian_blur_(x, params.sigma, self.blur_kernel, params.blur, cfg.blur_padding)
         return x
 
 

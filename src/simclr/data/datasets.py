@@ -9,11 +9,24 @@ Two kinds exist, chosen by :func:`build_dataset`:
   images (up to 64 px: CIFAR, digits, thumbnails) are kept this way, so an epoch never decodes a
   JPEG again and batches are cut by indexing.
 * :class:`FileImages` decodes files on demand in loader workers, for photographs of any size.
+
+Hostile or broken files cost a warning, never a crash or silent damage (:func:`read_image`):
+
+* a file that does not decode (any error of the decoder) is skipped, named in a warning the
+  first time it fails in a run, and counted once (:class:`ReadRecord`);
+* an image declaring more than :data:`MAX_IMAGE_PIXELS` pixels is skipped the same way before
+  any pixel is decoded (a decompression bomb: a small PNG can declare 30,000 x 30,000 pixels);
+* high bit depths are scaled to 8 bits, not clipped: 16-bit values are divided by 257;
+  32-bit integers within 0-255 are kept and within 0-65535 read as 16-bit; floats within [0, 1]
+  are multiplied by 255; any other range is stretched from the image's own minimum and maximum
+  to 0-255; an image with NaN or infinite values is unreadable. One warning per dataset names
+  the first such file (precision is reduced: the views see 8 bits).
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -28,7 +41,8 @@ from simclr.augment.loader import eval_resize
 from simclr.data.folders import scan_class_folders
 from simclr.data.items import Items, check_split
 from simclr.data.items import require_labels as require_labels
-from simclr.errors import UserError
+from simclr.errors import UserError, first_line
+from simclr.runtime import ignore_stop_signals
 
 log = logging.getLogger("simclr")
 
@@ -46,6 +60,52 @@ IMAGE_EXTENSIONS = (
 )
 SMALL_IMAGE_SIDE = 64
 """Datasets whose images are at most this many pixels on a side are decoded once into memory."""
+MAX_IMAGE_PIXELS = 89_478_485
+"""Images declaring more pixels (width x height) than this are unreadable, never decoded.
+
+PIL's default ``Image.MAX_IMAGE_PIXELS`` (``1024 * 1024 * 1024 // 4 // 3``, about 9,459 x 9,459,
+a quarter of a GiB of RGB): PIL only warns up to twice that and raises beyond; here the limit
+is the same for every file and costs a warning naming it.
+"""
+REPORTED = -2
+"""Label of an unreadable item whose failure this run has already reported and counted.
+
+Loaders drop it like any unreadable item; :func:`stack_valid` counts only first failures, so a
+training summary counts distinct bad files, not their occurrences over the epochs.
+"""
+
+
+class ReadRecord:
+    """Which items of a dataset failed to read in this run, seen by every loader worker.
+
+    One flag per slot (an item's position, or a hash of a stream sample's name) in shared
+    memory, so that every worker process of every epoch sees what the others found: a bad file
+    is named in a warning and counted once per run, not once per epoch. One more flag records
+    whether the reduced-precision warning (see the module docstring) was given.
+
+    Args:
+        slots: Number of flags (at least one).
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = max(1, slots)
+        self.flags = torch.zeros(self.slots + 1, dtype=torch.bool).share_memory_()
+
+    def failed(self, slot: int) -> bool:
+        """Whether ``slot`` failed before in this run."""
+        return bool(self.flags[slot % self.slots])
+
+    def mark_failed(self, slot: int) -> bool:
+        """Record a failure of ``slot``; True when it is the first."""
+        first = not self.failed(slot)
+        self.flags[slot % self.slots] = True
+        return first
+
+    def first_reduction(self) -> bool:
+        """Record that precision was reduced; True the first time (the warning is given once)."""
+        first = not bool(self.flags[-1])
+        self.flags[-1] = True
+        return first
 
 
 class ImageDataset(Items):
@@ -70,7 +130,12 @@ class TensorImages(ImageDataset):
 
 
 class FileImages(ImageDataset):
-    """Image files decoded on access; an unreadable file yields ``None`` and one warning."""
+    """Image files decoded on access; an unreadable file yields ``None``.
+
+    The first failure of a file in a run gives one warning and ``(None, label)``; later reads
+    of it return ``(None, REPORTED)`` without touching the file again (see :class:`ReadRecord`,
+    shared with every copy made by :meth:`with_transform`).
+    """
 
     def __init__(
         self,
@@ -78,34 +143,106 @@ class FileImages(ImageDataset):
         labels: Tensor,
         classes: Sequence[str],
         transform: Callable[[Tensor], Tensor] | None = None,
+        record: ReadRecord | None = None,
     ) -> None:
         super().__init__(labels, classes, paths)
         self.transform = transform
+        self.record = ReadRecord(len(paths)) if record is None else record
 
     def with_transform(self, transform: Callable[[Tensor], Tensor] | None) -> FileImages:
         """The same files with another per-image transform (run in the loader workers)."""
-        return FileImages(self.names, self.labels, self.classes, transform)
+        return FileImages(self.names, self.labels, self.classes, transform, self.record)
 
     def __getitem__(self, index: int) -> tuple[Tensor | None, int]:
-        image = read_image(self.names[index])
+        if self.record.failed(index):
+            return None, REPORTED
+        image = read_image(self.names[index], record=self.record, slot=index)
         if image is not None and self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
 
 
-def read_image(source: str | BinaryIO, *, name: str | None = None) -> Tensor | None:
+def read_image(
+    source: str | BinaryIO,
+    *,
+    name: str | None = None,
+    record: ReadRecord | None = None,
+    slot: int = 0,
+) -> Tensor | None:
     """Decode a file (path or open binary stream) to uint8 ``[3, H, W]`` RGB.
 
-    Returns ``None``, with a warning naming ``name`` (default: the path), if it is unreadable.
+    Returns ``None`` if it is unreadable, with a warning naming ``name`` (default: the path),
+    unless ``record`` says that ``slot`` failed before. High bit depths are scaled to 8 bits
+    (see the module docstring), with one warning per ``record`` (each time without one).
     """
+    shown = name or str(source)
     try:
-        with Image.open(source) as img:
-            rgb = img.convert("RGB")
-        array = np.asarray(rgb, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        log.warning("skipping unreadable image %s: %s", name or source, err)
+        array, note = decode_image(source)
+    except Exception as err:  # noqa: BLE001 - whatever a decoder raises, the file is unreadable
+        if record is None or record.mark_failed(slot):
+            reason = "not an image PIL reads" if isinstance(err, UnidentifiedImageError) else None
+            log.warning("skipping unreadable image %s: %s", shown, reason or first_line(err)[:200])
         return None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    if note is not None and (record is None or record.first_reduction()):
+        log.warning(
+            "image %s holds %s; precision is reduced to 8 bits (said once per dataset: later "
+            "files like it are not named)",
+            shown,
+            note,
+        )
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def decode_image(source: str | BinaryIO) -> tuple[np.ndarray, str | None]:
+    """Pixels as uint8 ``[H, W, 3]`` RGB, and how high-bit-depth values were scaled (or None).
+
+    Raises:
+        ValueError: too many pixels (:data:`MAX_IMAGE_PIXELS`) or non-finite values; and
+            whatever the decoder raises for a broken file.
+    """
+    with warnings.catch_warnings():
+        # PIL warns about corrupt metadata and large images: the pixel limit is checked below,
+        # and a file that decodes despite odd metadata is read
+        warnings.simplefilter("ignore")
+        with Image.open(source) as img:
+            array, note = _decoded(img)
+    return array, note
+
+
+def _decoded(img: Image.Image) -> tuple[np.ndarray, str | None]:
+    """:func:`decode_image` of an open image."""
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"it declares {width} x {height} pixels, more than MAX_IMAGE_PIXELS = "
+            f"{MAX_IMAGE_PIXELS:,} (a decompression bomb?)"
+        )
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        grey, note = _to_eight_bits(np.asarray(img), img.mode)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2)), note
+    return np.array(img.convert("RGB"), dtype=np.uint8), None
+
+
+def _to_eight_bits(values: np.ndarray, mode: str) -> tuple[np.ndarray, str | None]:
+    """One channel of 16-bit, 32-bit integer or float pixels as uint8 (the module's rules)."""
+    if not np.isfinite(values).all():
+        raise ValueError("it holds NaN or infinite pixel values")
+    wide = values.astype(np.float64)
+    low, high = float(wide.min()), float(wide.max())
+    if mode.startswith("I;16"):
+        scaled, note = wide / 257, "16-bit values (divided by 257)"
+    elif mode == "I" and low >= 0 and high <= 255:
+        return wide.astype(np.uint8), None  # 8-bit values in a wider type: nothing is lost
+    elif mode == "I" and low >= 0 and high <= 65535:
+        scaled, note = wide / 257, "32-bit integer values within 0-65535 (read as 16-bit)"
+    elif mode == "F" and low >= 0 and high <= 1:
+        scaled, note = wide * 255, "floating-point values within [0, 1] (multiplied by 255)"
+    else:
+        kind = "32-bit integer" if mode == "I" else "floating-point"
+        span = high - low
+        scaled = (wide - low) * (255 / span) if span > 0 else np.zeros_like(wide)
+        note = f"{kind} values from {low:g} to {high:g} (stretched from that range to 0-255)"
+    return np.rint(scaled).clip(0, 255).astype(np.uint8), note
 
 
 def build_dataset(
@@ -169,9 +306,6 @@ def decode_to_memory(files: FileImages, *, size: int, num_workers: int = 2) -> T
     if not kept:
         raise UserError(f"none of the {len(files)} image files could be read")
     index = torch.cat(kept)
-    skipped = len(files) - len(index)
-    if skipped:
-        log.warning("skipped %d unreadable image file(s) of %d", skipped, len(files))
     names = [files.names[i] for i in index.tolist()]
     return TensorImages(torch.cat(images), files.labels[index], files.classes, names)
 
@@ -186,8 +320,9 @@ def decoded_batches(
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """Decode files in order with :class:`EvalResize`, in loader workers.
 
-    Unreadable files are dropped; the yielded indices say which items each batch holds.
-    ``shard = (r, K)`` decodes only every K-th batch, from batch r on.
+    Unreadable files are dropped; the yielded indices say which items each batch holds, and a
+    warning at the end counts them. ``shard = (r, K)`` decodes only every K-th batch, from
+    batch r on.
 
     Shape:
         images uint8 ``[b, 3, size, size]``, indices int64 ``[b]`` (positions in ``files``).
@@ -200,10 +335,16 @@ def decoded_batches(
         batch_sampler=[batch.tolist() for batch in batches],
         num_workers=num_workers,
         collate_fn=_stack_readable,
+        worker_init_fn=ignore_stop_signals,
     )
+    dropped = 0
     for batch, (images, positions) in zip(batches, loader, strict=True):
+        dropped += len(batch) - len(positions)
         if len(positions):
             yield images, batch[positions]
+    if dropped:
+        total = sum(len(batch) for batch in batches)
+        log.warning("skipped %d unreadable image file(s) of %d", dropped, total)
 
 
 def digits_dataset(*, split: str = "train", size: int = 32) -> TensorImages:
@@ -311,11 +452,15 @@ class EvalResize:
 
 
 def stack_valid(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, int]:
-    """Collate training crops: stack the readable images and count the unreadable ones."""
+    """Collate training crops: stack the readable images and count the unreadable ones.
+
+    An item already counted in this run (label :data:`REPORTED`) is dropped but not counted.
+    """
     images = [image for image, _ in batch if image is not None]
+    skipped = sum(1 for image, label in batch if image is None and label != REPORTED)
     if not images:
-        return torch.zeros(0, dtype=torch.uint8), len(batch)
-    return torch.stack(images), len(batch) - len(images)
+        return torch.zeros(0, dtype=torch.uint8), skipped
+    return torch.stack(images), skipped
 
 
 def _stack_readable(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, Tensor]:
@@ -341,8 +486,10 @@ def _looks_small(paths: Sequence[str], probe: int = 16) -> bool:
     sides = []
     for path in paths[:probe]:
         try:
-            with Image.open(path) as img:
-                sides.append(max(img.size))
-        except (OSError, UnidentifiedImageError):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    sides.append(max(img.size))
+        except Exception:  # noqa: BLE001 - unreadable files are reported when decoded
             continue
     return bool(sides) and max(sides) <= SMALL_IMAGE_SIDE

@@ -30,7 +30,7 @@ from simclr.data.datasets import (
 )
 from simclr.data.items import Items
 from simclr.data.shards import ShardSet, is_shard_index, open_shards, shard_batches
-from simclr.runtime import derive_seed
+from simclr.runtime import derive_seed, ignore_stop_signals
 
 TrainData = Items | ShardSet
 """What the training loop reads: a dataset with random access, or a stream of shards."""
@@ -135,6 +135,7 @@ def train_batches(
         pin_memory=pin_memory,
         generator=torch.Generator().manual_seed(derive_seed(seed, epoch, rank)),
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals,
     )
     yield from loader
 

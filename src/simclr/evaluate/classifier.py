@@ -34,7 +34,7 @@ from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import extract_features
 from simclr.optim import build_optimizer, lr_at, set_lr
-from simclr.runtime import autocast_dtype, resolve_precision
+from simclr.runtime import autocast_dtype, ignore_stop_signals, resolve_precision
 
 __all__ = [
     "Classifier",
@@ -49,6 +49,13 @@ __all__ = [
 ]
 
 
+LR_SCALING_WORDS = {
+    "linear": "linear (lr x batch / 256)",
+    "sqrt": "sqrt (lr x sqrt(batch))",
+    "none": "none",
+}
+
+
 @dataclass(frozen=True)
 class ClassifierTraining:
     """How a classifier is trained: budget, optimizer, seed, precision and loading."""
@@ -58,10 +65,13 @@ class ClassifierTraining:
     batch_size: int
     """Images per step (at most the number of items)."""
     lr: float
-    """Learning rate per 256 images, scaled linearly with the batch size actually used."""
+    """Base learning rate, scaled by ``lr_scaling`` for the batch size actually used."""
     optimizer: str = "sgd"
-    """``sgd`` (momentum, no Nesterov) or ``lars`` (v2 fine-tunes with LARS)."""
+    """``sgd`` (momentum, no Nesterov) or ``lars`` (v2 fine-tunes with LARS). The new linear
+    layer gets neither weight decay nor the LARS adaptation, as in the official code."""
     momentum: float = 0.9
+    nesterov: bool = False
+    """Nesterov momentum (the official linear evaluation's SGD uses it)."""
     weight_decay: float = 0.0
     """On weights with more than one dimension."""
     seed: int = 0
@@ -72,15 +82,22 @@ class ClassifierTraining:
     """``auto`` (:func:`simclr.runtime.resolve_precision`), ``bf16``, ``fp16`` or ``fp32``."""
     num_workers: int = 2
     """Loader processes for image files."""
+    lr_scaling: str = "linear"
+    """``linear``: lr x batch / 256; ``sqrt``: lr x sqrt(batch) (v2 fine-tuning: 0.005)."""
+
+    def __post_init__(self) -> None:
+        if self.lr_scaling not in LR_SCALING_WORDS:
+            raise UserError(f"lr scaling must be one of {', '.join(LR_SCALING_WORDS)}")
 
     def optim_config(self) -> OptimConfig:
-        """The optimizer section: these settings with linear learning-rate scaling."""
+        """The optimizer section of these settings."""
         return OptimConfig(
             name=self.optimizer,
             lr=self.lr,
-            lr_scaling="linear",
+            lr_scaling=self.lr_scaling,
             weight_decay=self.weight_decay,
             momentum=self.momentum,
+            nesterov=self.nesterov,
         )
 
 
@@ -194,6 +211,7 @@ def _labelled_batches(
         num_workers=num_workers,
         collate_fn=_stack_labelled,
         generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        worker_init_fn=ignore_stop_signals,
     )
 
 
@@ -210,8 +228,11 @@ def _crop_flip(
     """Random resized crop (when not cut already) and flip, batched on the images' device."""
     x = images.float().div_(255)
     params = sample_view_params(len(x), x.shape[-2], x.shape[-1], augment, generator)
-    if crop:
-        return AF.resized_crop(x, params.boxes, augment.size, params.flip)
+    if crop:  # bicubic overshoot clamped back into [0, 1]
+        cropped = AF.resized_crop(
+            x, params.boxes, augment.size, params.flip, interpolation=augment.interpolation
+        )
+        return cropped if augment.interpolation == "bilinear" else cropped.clamp_(0, 1)
     return AF.hflip(x, params.flip)
 
 
@@ -234,7 +255,9 @@ class _Update:
         precision: str,
     ) -> None:
         self.model, self.augment, self.device = model, augment, device
-        self.optimizer = build_optimizer(model.trainable(), training.optim_config(), batch_size)
+        self.optimizer = build_optimizer(
+            model.trainable(), training.optim_config(), batch_size, exclude=model.fc.parameters()
+        )
         self.peak_lr = float(self.optimizer.param_groups[0]["peak_lr"])
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
         self.dtype = autocast_dtype(precision)
@@ -437,11 +460,13 @@ def classifier_protocol(
         "max_time": training.max_time,
         "batch_size": run.batch_size,
         "lr": training.lr,
-        "lr_scaling": "linear (lr x batch / 256)",
+        "lr_scaling": LR_SCALING_WORDS[training.lr_scaling],
+        "classifier_optimisation": "no weight decay and no LARS adaptation on the new linear layer",
         "peak_lr": run.peak_lr,
         "schedule": "cosine, no warmup",
         "optimizer": training.optimizer,
         "momentum": training.momentum,
+        "nesterov": training.nesterov,
         "weight_decay": training.weight_decay,
         "classifier_init": "zeros",
         "augmentation": f"random resized crop (scale {tuple(augment.crop_scale)}{ratio}) to "

@@ -3,7 +3,8 @@
 Every evaluation (kNN, linear probe, clustering, embeddings) reads :class:`Features`. They are
 computed with the modality's evaluation preprocessing (for images: resize, centre crop 0.875 for
 large images; never augmentation), with the encoder in eval mode, and cached per checkpoint (by
-its SHA-256), data, split, preprocessing and layer under the run folder's ``features/``.
+its SHA-256), data, split, preprocessing and layer under the run folder's ``features/`` (or, when
+that folder cannot be written, under the user cache folder, see :func:`user_cache_dir`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +24,11 @@ from torch import Tensor, nn
 
 from simclr import distributed
 from simclr.checkpoint import (
+    WriteFailed,
     file_sha256,
     load_checkpoint,
+    load_weights,
+    nonfinite_tensors,
     resolve_checkpoint,
     run_dir_of,
     save_checkpoint,
@@ -37,6 +42,8 @@ if TYPE_CHECKING:
     from simclr.modalities.base import Fitted, Modality
 
 LAYERS = ("backbone", "projection")
+
+log = logging.getLogger("simclr")
 
 
 @dataclass
@@ -76,6 +83,8 @@ class Encoder:
         from simclr.modalities import modality_for
 
         config = self.config
+        if num_workers is not None and num_workers < 0:
+            raise UserError(f"the number of loader workers must be >= 0 (got {num_workers})")
         if num_workers is not None:
             config = dataclasses.replace(
                 config, data=dataclasses.replace(config.data, num_workers=num_workers)
@@ -84,7 +93,13 @@ class Encoder:
 
 
 def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encoder:
-    """Rebuild the model of a checkpoint file or run folder (weights, or fresh with its seed)."""
+    """Rebuild the model of a checkpoint file or run folder (weights, or fresh with its seed).
+
+    Weights holding NaN or infinity load with a one-line warning (their scores mean nothing).
+
+    Raises:
+        UserError: not a simclr checkpoint, or weights that do not fit its model config.
+    """
     from simclr.modalities import modality_for
 
     path = resolve_checkpoint(Path(checkpoint))
@@ -98,10 +113,16 @@ def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encode
     torch.manual_seed(config.train.seed)
     model = modality_for(config, fitted).build_model()
     if not random_init:
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise UserError(f"{path}: weights do not fit its model config: {err}") from None
+        load_weights(model, state["model"], path)
+        bad = nonfinite_tensors(state["model"].items())
+        if bad:
+            log.warning(
+                "%s: %d weight tensor(s) hold NaN or infinity (%s): the training diverged and "
+                "these results mean nothing",
+                path,
+                len(bad),
+                ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else ""),
+            )
     info = {
         "path": str(path),
         "sha256": file_sha256(path),
@@ -211,7 +232,8 @@ def dataset_features(
         device: Where the encoder runs.
         num_workers: Loader processes.
         batch_size: Items per forward pass.
-        cache: Read and write ``features/`` beside the checkpoint.
+        cache: Read and write ``features/`` beside the checkpoint (where it cannot be written,
+            the user cache folder, :func:`user_cache_dir`; where neither can, nothing).
 
     Returns:
         ``(features, dataset, protocol)``: protocol says which features, preprocessing, data and
@@ -239,21 +261,63 @@ def dataset_features(
         "items": _fingerprint(dataset, _absolute(spec)),
     }
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
-    cache_file = run_dir_of(Path(encoder.info["path"])) / "features" / f"{key}.pt"
-    if cache and cache_file.exists():
-        saved = torch.load(cache_file, map_location="cpu", weights_only=True)
-        return Features(saved["features"], saved["labels"], saved["index"]), dataset, protocol
+    places = [run_dir_of(Path(encoder.info["path"])) / "features", user_cache_dir()]
+    if cache:
+        for folder in places:
+            cached = _read_cached(folder / f"{key}.pt")
+            if cached is not None:
+                return cached, dataset, protocol
     module: nn.Module = encoder.model.backbone if layer == "backbone" else encoder.model
     module = module.to(device)
     features = extract_features(
         module, dataset, modality=modality, batch_size=batch_size, device=device
     )
     if cache:
-        save_checkpoint(
-            {"features": features.features, "labels": features.labels, "index": features.index},
-            cache_file,
-        )
+        _write_cached(features, [folder / f"{key}.pt" for folder in places])
     return features, dataset, protocol
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/simclr/features`` (default ``~/.cache/simclr/features``).
+
+    Where features are cached when the checkpoint's folder cannot be written (read-only
+    storage, another user's run).
+    """
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "simclr" / "features"
+
+
+def _read_cached(path: Path) -> Features | None:
+    """The features cached at ``path``; ``None`` when absent or unreadable (warned, recomputed)."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        features = Features(saved["features"], saved["labels"], saved["index"])
+        if not all(isinstance(t, Tensor) for t in (features.features, features.labels)):
+            raise TypeError("not tensors")
+    except Exception as err:  # noqa: BLE001 - a torn or foreign file: compute it again
+        log.warning(
+            "feature cache %s is unreadable (%s): computing it again", path, type(err).__name__
+        )
+        return None
+    return features
+
+
+def _write_cached(features: Features, places: list[Path]) -> None:
+    """Cache ``features`` at the first of ``places`` that can be written (a note for others)."""
+    tensors = {"features": features.features, "labels": features.labels, "index": features.index}
+    failures = []
+    for path in places:
+        try:
+            save_checkpoint(tensors, path)
+        except WriteFailed as err:
+            failures.append(f"{path.parent} ({err.reason})")
+            continue
+        if failures:
+            log.info("cannot write %s: features cached in %s instead", failures[0], path.parent)
+        return
+    log.warning("features not cached: cannot write %s", " nor ".join(failures))
 
 
 def _fingerprint(dataset: Items, spec_path: str) -> str:

@@ -14,6 +14,7 @@ to fine-tuning is the label subset and the network, whose backbone trains too.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,6 +33,27 @@ __all__ = [
     "finetune",
     "subset_names",
 ]
+
+
+@dataclass(frozen=True)
+class FinetuneProtocol:
+    """The optimisation settings a fine-tuning protocol fixes (the rest is the user's)."""
+
+    optimizer: str
+    lr: float
+    """Base learning rate, scaled by ``lr_scaling``."""
+    lr_scaling: str
+    weight_decay: float
+    keep_projection_layers: int
+
+
+FINETUNE_PROTOCOLS = {
+    "sgd": FinetuneProtocol("sgd", 0.05, "linear", 0.0, 0),
+    "simclrv2": FinetuneProtocol("lars", 0.005, "sqrt", 0.0, 1),
+}
+"""``sgd``: SGD with momentum from the backbone output, lr 0.05 x B / 256. ``simclrv2``: the v2
+paper's (arXiv 2006.10029, appendix B): from the first projection-head layer, LARS, no weight
+decay, lr 0.005 x sqrt(B); both train on random resized crops and flips only."""
 
 
 def balanced_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:

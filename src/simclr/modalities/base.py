@@ -22,6 +22,7 @@ this interface:
 
 from __future__ import annotations
 
+import itertools
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from simclr.config import Config
 from simclr.data.datasets import ImageDataset
+from simclr.data.folders import walk_files
 from simclr.data.items import Items, TensorItems
 from simclr.data.loading import TrainData, epoch_batches
 from simclr.errors import UserError
@@ -285,16 +287,14 @@ class SeededViews(nn.Module):
 
 
 def file_suffixes(folder: Path, limit: int = 64) -> set[str]:
-    """Lower-case suffixes of the first ``limit`` visible files below ``folder`` (sorted walk)."""
+    """Lower-case suffixes of the first ``limit`` visible files below ``folder`` (sorted walk).
+
+    Links are followed, each folder once (:func:`~simclr.data.folders.walk_files`).
+    """
     found: set[str] = set()
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(f for f in filenames if not f.startswith(".")):
-            found.add(Path(dirpath, name).suffix.lower())
-            seen += 1
-            if seen >= limit:
-                return found
+    visible = (p for p in walk_files(folder) if not os.path.basename(p).startswith("."))
+    for path in itertools.islice(visible, limit):
+        found.add(Path(path).suffix.lower())
     return found
 
 

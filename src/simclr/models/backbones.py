@@ -1,8 +1,17 @@
-"""Encoders f: a small registry of torchvision ResNets with a CIFAR stem and a width multiplier.
+"""Encoders f: a registry of ResNets, by name.
 
 ``create_backbone(name)`` returns the module (mapping images ``[B, 3, H, W]`` to pooled features
 ``[B, D]``) and its feature dimension D. Any other ``nn.Module`` with that contract works with
 :class:`simclr.SimCLR` through the Python API; register it to reach it from the command line.
+
+Two families are registered:
+
+* ``resnet18``, ``resnet34``, ``resnet50``, ``resnet101``, ``resnet152``: torchvision's ResNets
+  (:class:`ScaledResNet`) with any width multiplier ``model.width`` (0.25 gives 16/32/64/128
+  channels on ResNet-18) and the ``imagenet`` or ``cifar`` stem;
+* the SimCLR v2 model zoo (:mod:`simclr.models.resnet_v2`): ``resnet{50,101,152}-{1,2,3,4}x``
+  and the same with ``-sk`` (selective kernels), e.g. ``resnet50-2x`` or ``resnet152-3x-sk``.
+  The name carries the width, so ``model.width`` must stay 1; both stems work.
 """
 
 from __future__ import annotations
@@ -13,13 +22,18 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from simclr.errors import UserError
+from simclr.models.resnet_v2 import DEPTHS, SK_RATIO, WIDTHS, ResNetV2, zoo_name
 
 BackboneFactory = Callable[..., tuple[nn.Module, int]]
 _REGISTRY: dict[str, BackboneFactory] = {}
 
 
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    """Decorator: make a factory ``(width=..., stem=...) -> (module, feature_dim)`` creatable."""
+    """Decorator: make a factory ``(width=..., stem=...) -> (module, feature_dim)`` creatable.
+
+    The factories registered here also take ``zero_init_residual``; :func:`create_backbone`
+    passes it on only when asked to.
+    """
 
     def add(factory: BackboneFactory) -> BackboneFactory:
         _REGISTRY[name] = factory
@@ -34,12 +48,28 @@ def list_backbones() -> list[str]:
 
 
 def create_backbone(
-    name: str, *, width: float = 1.0, stem: str = "imagenet"
+    name: str,
+    *,
+    width: float = 1.0,
+    stem: str = "imagenet",
+    zero_init_residual: bool | None = None,
 ) -> tuple[nn.Module, int]:
-    """Build a registered backbone; returns ``(module, feature_dim)``."""
+    """Build a registered backbone; returns ``(module, feature_dim)``.
+
+    Args:
+        name: A name from :func:`list_backbones`.
+        width: Channel multiplier of the torchvision family; the zoo's names carry their width
+            (``resnet50-2x``), and this must then be 1.
+        stem: ``imagenet`` or ``cifar``.
+        zero_init_residual: Start the last batch norm of every residual block with gamma = 0.
+            ``None`` keeps each family's default: on for the SimCLR v2 zoo (as the official
+            code), off for the torchvision family (as torchvision).
+    """
     if name not in _REGISTRY:
         raise UserError(f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}")
-    return _REGISTRY[name](width=width, stem=stem)
+    if zero_init_residual is None:
+        return _REGISTRY[name](width=width, stem=stem)
+    return _REGISTRY[name](width=width, stem=stem, zero_init_residual=zero_init_residual)
 
 
 class ScaledResNet(ResNet):
@@ -61,6 +91,7 @@ class ScaledResNet(ResNet):
         *,
         width: float = 1.0,
         stem: str = "imagenet",
+        zero_init_residual: bool = False,
     ) -> None:
         nn.Module.__init__(self)
         if stem not in ("imagenet", "cifar"):
@@ -92,11 +123,21 @@ class ScaledResNet(ResNet):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
+        if zero_init_residual:
+            for module in self.modules():
+                if isinstance(module, Bottleneck):
+                    nn.init.zeros_(module.bn3.weight)
+                elif isinstance(module, BasicBlock):
+                    nn.init.zeros_(module.bn2.weight)
 
 
 def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int]) -> BackboneFactory:
-    def factory(*, width: float = 1.0, stem: str = "imagenet") -> tuple[nn.Module, int]:
-        model = ScaledResNet(block, layers, width=width, stem=stem)
+    def factory(
+        *, width: float = 1.0, stem: str = "imagenet", zero_init_residual: bool = False
+    ) -> tuple[nn.Module, int]:
+        model = ScaledResNet(
+            block, layers, width=width, stem=stem, zero_init_residual=zero_init_residual
+        )
         return model, model.feature_dim
 
     return factory
@@ -105,3 +146,36 @@ def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int]) -> Backbone
 register_backbone("resnet18")(_resnet(BasicBlock, [2, 2, 2, 2]))
 register_backbone("resnet34")(_resnet(BasicBlock, [3, 4, 6, 3]))
 register_backbone("resnet50")(_resnet(Bottleneck, [3, 4, 6, 3]))
+register_backbone("resnet101")(_resnet(Bottleneck, [3, 4, 23, 3]))
+register_backbone("resnet152")(_resnet(Bottleneck, [3, 8, 36, 3]))
+
+
+def _zoo(depth: int, multiplier: int, sk: bool) -> BackboneFactory:
+    name = zoo_name(depth, multiplier, sk)
+
+    def factory(
+        *, width: float = 1.0, stem: str = "imagenet", zero_init_residual: bool = True
+    ) -> tuple[nn.Module, int]:
+        if width != 1:
+            raise UserError(
+                f"{name} carries its width in its name; leave model.width at 1 (not {width:g}),"
+                f" or use resnet{depth} with model.width={width:g}"
+            )
+        if stem not in ("imagenet", "cifar"):
+            raise UserError(f"unknown stem {stem!r}; choose imagenet or cifar")
+        model = ResNetV2(
+            depth,
+            multiplier,
+            sk_ratio=SK_RATIO if sk else 0.0,
+            stem=stem,
+            zero_init_residual=zero_init_residual,
+        )
+        return model, model.feature_dim
+
+    return factory
+
+
+for _depth in DEPTHS:
+    for _width in WIDTHS:
+        for _sk in (False, True):
+            register_backbone(zoo_name(_depth, _width, _sk))(_zoo(_depth, _width, _sk))

@@ -58,10 +58,18 @@ class ProjectionHead(nn.Module):
 def head_for_version(
     version: str, in_dim: int, hidden_dim: int | None, out_dim: int
 ) -> ProjectionHead:
-    """The head of SimCLR ``v1`` (2 layers) or ``v2`` (3 layers with batch norm)."""
+    """The projection head of a SimCLR version.
+
+    ``v1``: 2 layers as the v1 paper describes them (Linear, ReLU, Linear). ``v1-bn``: the same
+    2 layers with batch norm on each, as the official v1 code builds them. ``v2``: 3 layers with
+    batch norm on each (paper and code).
+    """
     hidden = in_dim if hidden_dim is None else hidden_dim
-    if version == "v1":
-        return ProjectionHead(in_dim, hidden, out_dim, num_layers=2, batch_norm=False)
-    if version == "v2":
-        return ProjectionHead(in_dim, hidden, out_dim, num_layers=3, batch_norm=True)
-    raise ValueError(f"unknown head version {version!r}; choose v1 or v2")
+    if version not in HEAD_VERSIONS:
+        raise ValueError(f"unknown head version {version!r}; choose {', '.join(HEAD_VERSIONS)}")
+    num_layers, batch_norm = HEAD_VERSIONS[version]
+    return ProjectionHead(in_dim, hidden, out_dim, num_layers=num_layers, batch_norm=batch_norm)
+
+
+HEAD_VERSIONS = {"v1": (2, False), "v1-bn": (2, True), "v2": (3, True)}
+"""``model.head`` values: (Linear layers, batch norm after each)."""

@@ -35,7 +35,9 @@ class SimCLR(nn.Module):
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> SimCLR:
         """Build the image model described by a :class:`ModelConfig` (a registered backbone)."""
-        backbone, dim = create_backbone(cfg.backbone, width=cfg.width, stem=cfg.stem)
+        backbone, dim = create_backbone(
+            cfg.backbone, width=cfg.width, stem=cfg.stem, zero_init_residual=cfg.zero_init_residual
+        )
         head = head_for_version(cfg.head, dim, cfg.head_hidden_dim, cfg.head_out_dim)
         return cls(backbone, dim, head)
 

@@ -11,6 +11,11 @@ A dataset is one of
 What the columns mean (numbers, categories, the label) is decided in
 :mod:`simclr.modalities.tabular.columns`; this module only gets the rows into a
 :class:`pandas.DataFrame`.
+
+Numbers that training could not use are treated as missing values (imputed with the training
+median, as for an empty cell), never as a reason to drop the row: infinities, and magnitudes
+beyond :data:`MAX_ABS_NUMBER` (float32's largest value: they would overflow once encoded).
+One warning per column names the file and counts them.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ SKLEARN_TABLES = ("wine", "breast_cancer", "digits", "iris")
 """Tables bundled with scikit-learn, read as ``sklearn:<name>`` (digits: 64 pixel columns)."""
 TABLE_SUFFIXES = (".parquet", ".csv", ".csv.gz")
 """File endings read as tables, in the order a split folder's files are looked for."""
+MAX_ABS_NUMBER = 3.4028234663852886e38
+"""float32's largest value: numbers beyond it (and infinities) become missing values."""
 
 
 @dataclass
@@ -141,7 +148,45 @@ def read_table_file(path: Path) -> pd.DataFrame:
     if len(frame) == 0:
         raise UserError(f"table {path} has no rows")
     frame.columns = [str(c) for c in frame.columns]
-    return frame.reset_index(drop=True)
+    return _unusable_numbers_missing(frame.reset_index(drop=True), path)
+
+
+def _unusable_numbers_missing(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Infinite numbers and numbers beyond :data:`MAX_ABS_NUMBER` become missing values.
+
+    Numeric columns, and text columns whose cells parse as such numbers (``"inf"``,
+    ``"1e400"``); one warning per column.
+    """
+    import numpy as np
+    import pandas as pd
+    from pandas.api import types
+
+    for name in frame.columns:
+        values = frame[name]
+        if types.is_bool_dtype(values.dtype) or isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        if not (
+            types.is_numeric_dtype(values.dtype)
+            or types.is_object_dtype(values.dtype)
+            or types.is_string_dtype(values.dtype)
+        ):
+            continue
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            unusable = np.isinf(numbers) | (np.abs(numbers) > MAX_ABS_NUMBER)
+        count = int(unusable.sum())
+        if count:
+            log.warning(
+                "%s: column %r: %d cell(s) are infinite or beyond float32's range (%.3g); "
+                "they are treated as missing",
+                path,
+                name,
+                count,
+                MAX_ABS_NUMBER,
+            )
+            column = values.astype(object) if not types.is_float_dtype(values.dtype) else values
+            frame[name] = column.mask(unusable)
+    return frame
 
 
 def load_sklearn_table(name: str) -> pd.DataFrame:

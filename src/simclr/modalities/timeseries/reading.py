@@ -15,7 +15,10 @@ differ), their raw labels and names; :func:`to_items` pads them with zeros into 
 
 Unequal lengths are written as trailing NaN padding (the aeon convention for arrays) or, in
 ``.ts`` files, as rows of different lengths. A series with no valid step, or with a missing value
-(NaN, infinity) inside its valid part, is skipped with one warning.
+(NaN, infinity) inside its valid part, is skipped with one warning naming it. So is a series
+whose values overflow the float32 arithmetic of training: not finite once converted to float32,
+or whose float32 mean, variance or mean square (the per-series standardisation statistics) is
+not finite, which happens from magnitudes of about 1e19 on. The reader ends with a count.
 """
 
 from __future__ import annotations
@@ -294,11 +297,22 @@ def _clean(
             log.warning("skipping series %s: no finite values", names[i])
         elif not finite[:, :length].all():
             log.warning("skipping series %s: missing values (NaN or inf) inside it", names[i])
+        elif not _fits_float32(values[:, :length]):
+            log.warning(
+                "skipping series %s: values too large for float32 arithmetic (magnitude "
+                "%.3g; its float32 statistics overflow)",
+                names[i],
+                float(np.abs(values[:, :length]).max()),
+            )
         else:
             kept.append(i)
             trimmed.append(values[:, :length])
     if not kept:
         raise UserError(f"no readable series in {source}")
+    if len(kept) < len(series):
+        log.warning(
+            "skipped %d unreadable series of %d in %s", len(series) - len(kept), len(series), source
+        )
     channels = {v.shape[0] for v in trimmed}
     if len(channels) > 1:
         raise UserError(f"{source} mixes series with {sorted(channels)} channels")
@@ -306,6 +320,24 @@ def _clean(
         trimmed,
         None if labels is None else [labels[i] for i in kept],
         [names[i] for i in kept],
+    )
+
+
+def _fits_float32(values: np.ndarray) -> bool:
+    """Whether ``values`` ``[C, T]`` stay finite in float32, and so do their statistics.
+
+    The per-channel mean, variance and mean square: what standardising a series computes.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        single = values.astype(np.float32)
+        mean = single.mean(axis=1, keepdims=True)
+        variance = np.square(single - mean).mean(axis=1)
+        power = np.square(single).mean(axis=1)
+    return bool(
+        np.isfinite(single).all()
+        and np.isfinite(mean).all()
+        and np.isfinite(variance).all()
+        and np.isfinite(power).all()
     )
 
 

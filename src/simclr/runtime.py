@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
+import multiprocessing.util  # registers its exit handler before ours (atexit runs LIFO)
 import signal
 
 import numpy as np
@@ -78,3 +81,17 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _kill_leftover_workers() -> None:
+    """At exit, SIGKILL the loader workers still alive (a loader left unfinished).
+
+    multiprocessing ends daemonic children at exit with SIGTERM and then waits for them; loader
+    workers ignore SIGTERM (:func:`ignore_stop_signals`), so that wait would never end.
+    """
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+
+
+atexit.register(_kill_leftover_workers)

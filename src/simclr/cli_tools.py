@@ -349,10 +349,12 @@ class _Context:
 
     def emit(self, name: str, result: dict[str, Any]) -> int:
         """Attach the checkpoint identity, save the JSON and print it as one line."""
+        from simclr.checkpoint import write_text_atomic
+
         result["checkpoint"] = self.encoder.info
         out = self.json_out(name)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out, json.dumps(result, indent=2) + "\n")
         print(json.dumps(result))
         return 0
 

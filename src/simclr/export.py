@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclr.checkpoint import write_atomic, write_text_atomic
 from simclr.config import to_dict
 from simclr.data.datasets import TensorImages, decode_image
 from simclr.data.items import Items
@@ -102,13 +103,13 @@ def embed(
     paths = _embedding_files(out, index_format)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths["metadata"].unlink(missing_ok=True)  # an interrupted rewrite must not look complete
-    np.save(out, matrix)
+    write_atomic(out, lambda handle: np.save(handle, matrix))
     _write_index(paths["index"], columns, index_format)
     metadata = _embedding_metadata(
         encoder, matrix, paths, columns, index_format=index_format, layer=layer, protocol=protocol
     )
     # written last: a metadata file means the array and the index beside it are complete
-    paths["metadata"].write_text(json.dumps(metadata, indent=2) + "\n")
+    write_text_atomic(paths["metadata"], json.dumps(metadata, indent=2) + "\n")
     return {**metadata, "files": {name: str(path.resolve()) for name, path in paths.items()}}
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The speed suite on one CUDA GPU, as one call of about 8 minutes: ResNet-18 at 32 px (the
-# CIFAR recipe, all parts) and ResNet-50 at 224 px (the ImageNet recipe at batch 256: views,
-# loss, step, flags). Writes one JSON file per network into OUT_DIR.
+# The speed suite on one CUDA GPU, as one call of about 9 minutes: ResNet-18 at 32 px (the
+# CIFAR recipe, all parts), ResNet-50 at 224 px (the ImageNet recipe at batch 256: views,
+# loss, step, flags) and the peak memory and step time of micro-batched steps (batch 1024 of
+# the cpu-small network, whole and in micro-batches of 128 and 256). Writes one JSON file per
+# measurement into OUT_DIR.
 #
 #   bash scripts/setup.sh --bench && bash benchmarks/gpu.sh [OUT_DIR]
 #
@@ -23,4 +25,6 @@ timeout 270 "$PY" suite.py --device cuda --recipe cifar10-resnet18 --steps 60 --
 timeout 210 "$PY" suite.py --device cuda --recipe imagenet-resnet50 --batch-size 256 \
     --parts views,loss,step,flags --out "$OUT_DIR/suite-gpu-resnet50-224px.json" \
     || { echo "resnet50 suite failed"; status=1; }
+timeout 80 "$PY" micro_batch.py --device cuda --steps 5 --out "$OUT_DIR/micro-batch-gpu.json" \
+    || { echo "micro-batch benchmark failed"; status=1; }
 exit $status

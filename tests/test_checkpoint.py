@@ -1,10 +1,25 @@
+import errno
 import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from simclr.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from simclr.checkpoint import (
+    WriteFailed,
+    load_checkpoint,
+    remove_stale_temporaries,
+    remove_temporaries,
+    resolve_checkpoint,
+    save_checkpoint,
+    write_atomic_via_path,
+)
 from simclr.errors import UserError
+
+NO_SUCH_PROCESS = 4_194_305
+"""A process id above Linux's largest possible ``pid_max`` (2**22): no process has it."""
 
 
 def _state():
@@ -59,3 +74,86 @@ def test_foreign_files(tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(UserError):
         load_checkpoint(tmp_path / "text.pt")
+
+
+def _two_files(path, model=b"new model", data=b"new data"):
+    """Write ``path`` and ``path.data`` as the ONNX exporter does for large weights."""
+    path.with_name(path.name + ".data").write_bytes(data)
+    path.write_bytes(model)
+
+
+def test_write_atomic_via_path_moves_every_file_written_into_place(tmp_path):
+    target = tmp_path / "out" / "model.onnx"
+    seen = []
+    write_atomic_via_path(target, lambda tmp: seen.append(tmp) or _two_files(tmp))
+    assert seen[0].name == "model.onnx" and seen[0].parent.name.startswith(".model.onnx.tmp")
+    assert sorted(p.name for p in target.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert target.read_bytes() == b"new model"
+    assert (target.parent / "model.onnx.data").read_bytes() == b"new data"
+
+
+@pytest.mark.parametrize("stage", ["write", "sync"])
+def test_write_atomic_via_path_failure_is_one_line_and_replaces_nothing(
+    tmp_path, monkeypatch, stage
+):
+    target = tmp_path / "model.onnx"
+    _two_files(target, b"old model", b"old data")
+
+    def save(tmp):
+        tmp.with_name(tmp.name + ".data").write_bytes(b"new data")
+        if stage == "write":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        tmp.write_bytes(b"new model")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if stage == "sync":
+        monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(WriteFailed) as caught:
+        write_atomic_via_path(target, save)
+    assert str(caught.value) == (
+        f"cannot write {target}: No space left on device (the file there, if any, is unchanged)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert target.read_bytes() == b"old model"
+    assert (tmp_path / "model.onnx.data").read_bytes() == b"old data"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="process ids are only told apart by age there")
+def test_only_stale_temporaries_are_removed_from_a_shared_folder(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        now = time.time()
+        ages = {  # name -> seconds since its last modification
+            f".a.pt.tmp{NO_SUCH_PROCESS}": 3600,  # a killed writer's: stale
+            f".b.pt.tmp{NO_SUCH_PROCESS}": 60,  # young: maybe another machine's write
+            f".c.pt.tmp{sleeper.pid}": 3600,  # a live process's
+            f".d.pt.tmp{os.getpid()}": 0,  # this process's
+            f".e.pt.tmp{sleeper.pid}": 2 * 86400,  # untouched for two days: the id was reused
+            "f.pt": 2 * 86400,  # not a temporary
+            ".g.pt.tmp": 2 * 86400,  # not a temporary either
+        }
+        for name, age in ages.items():
+            (tmp_path / name).write_bytes(b"partial")
+            os.utime(tmp_path / name, (now - age, now - age))
+        staging = tmp_path / f".h.onnx.tmp{NO_SUCH_PROCESS}"  # write_atomic_via_path's folder
+        staging.mkdir()
+        (staging / "h.onnx").write_bytes(b"partial")
+        for entry in (staging / "h.onnx", staging):
+            os.utime(entry, (now - 3600, now - 3600))
+        removed = remove_stale_temporaries(tmp_path, now=now)
+        assert sorted(p.name for p in removed) == sorted(
+            [f".a.pt.tmp{NO_SUCH_PROCESS}", f".e.pt.tmp{sleeper.pid}", staging.name]
+        )
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            [f".b.pt.tmp{NO_SUCH_PROCESS}", f".c.pt.tmp{sleeper.pid}", f".d.pt.tmp{os.getpid()}"]
+            + ["f.pt", ".g.pt.tmp"]
+        )
+        assert remove_stale_temporaries(tmp_path / "missing") == []
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # in a folder no one else writes to (a locked run folder) every temporary goes
+    assert len(remove_temporaries(tmp_path)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".g.pt.tmp", "f.pt"]

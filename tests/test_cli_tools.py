@@ -80,6 +80,37 @@ def test_finetune_writes_the_subset(run, capsys):
     assert v2["lr_scaling"].startswith("sqrt") and "no LARS" in v2["classifier_optimisation"]
 
 
+def test_finetune_then_distill(run, capsys, tmp_path):
+    run_dir, folder = run
+    data = ["--train-data", str(folder), "--test-data", str(folder)]
+    small = ["--epochs", "1", "--batch-size", "8", "--workers", "0"]
+    assert main(["finetune", str(run_dir), *data, "--label-fraction", "0.5", *small]) == 0
+    teacher = run_dir / "finetune-0.5-latest.pt"
+    assert _last_json(capsys)["classifier_checkpoint"] == str(teacher)
+    out = tmp_path / "distilled"
+    argv = ["distill", str(teacher), "--data", str(folder), "--test-data", str(folder), *small]
+    argv += ["--out", str(out), "--no-progress", "--checkpoint-every", "2"]
+    assert main(argv) == 0
+    result = _last_json(capsys)
+    assert 0 <= result["student"]["top1"] <= 100 and 0 <= result["teacher"]["top1"] <= 100
+    assert result["student"]["init"] == "random (from scratch)" and result["steps"] == 3
+    assert result["teacher_checkpoint"]["sha256"] and result["protocol"]["label_weight"] == 0.0
+    assert json.loads((out / "distill.json").read_text())["steps"] == 3
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()] == [3]  # last
+    # The student's checkpoint is a teacher in turn; the same folder again needs --resume.
+    assert main(["distill", str(out / "checkpoints" / "latest.pt"), "--data", str(folder),
+                 *small, "--out", str(tmp_path / "again"), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    _error_line(capsys, argv, "--resume")
+    assert main([*argv, "--resume"]) == 0 and _last_json(capsys)["steps"] == 3
+    assert main([*argv, "--out", str(tmp_path / "wide"), "--student-width", "0.125"]) == 0
+    wider = _last_json(capsys)["student"]
+    assert wider["width"] == 0.125 and wider["parameters"] > result["student"]["parameters"]
+    # A pretraining checkpoint is not a teacher; the finetune output is replaced, not refused.
+    _error_line(capsys, ["distill", str(run_dir), "--data", str(folder)], "not a classifier")
+    assert main(["finetune", str(run_dir), *data, "--label-fraction", "0.5", *small]) == 0
+
+
 def test_embed_neighbors_export(run, capsys, tmp_path):
     run_dir, folder = run
     out = tmp_path / "emb.npy"

@@ -16,7 +16,7 @@ LAYERS = [
     {"viz"},
     {"modalities"},
     {"evaluate"},
-    {"train", "export"},
+    {"micro_batch", "train", "export"},
     {"resolve"},
     {"cli_tools", "cli", "__main__", "__init__"},
 ]

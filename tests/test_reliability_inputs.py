@@ -53,12 +53,17 @@ from .test_train import TINY
 AUGMENT = AugmentConfig(size=8)
 
 
+class TookTooLong(BaseException):
+    """Raised by :func:`time_limit`; a BaseException, so ``except Exception`` (or ``OSError``,
+    as in :func:`os.walk`) on the way cannot swallow it."""
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
     """Fail the test (instead of hanging it) when the block runs longer than ``seconds``."""
 
     def expired(signum: int, frame: object) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
+        raise TookTooLong(f"still running after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)

@@ -8,12 +8,13 @@ from PIL import Image
 
 from simclr import viz
 from simclr.augment.views import SimCLRViews
+from simclr.checkpoint import WriteFailed
 from simclr.config import AugmentConfig, build_config
 from simclr.data.datasets import array_dataset, scan_folder
 from simclr.errors import UserError
 from simclr.evaluate.features import Features
 from simclr.train import pretrain
-from tests.conftest import write_image_folder
+from tests.conftest import files_capped_at, write_image_folder
 from tests.test_train import TINY
 
 AUG = AugmentConfig(size=16, jitter_strength=0.5, blur_p=0.5)
@@ -167,6 +168,16 @@ def test_draw_map_writes_png_with_protocol(tmp_path):
     with Image.open(out) as image:
         protocol = json.loads(image.info["Description"])
     assert protocol["num_points"] == 45 and protocol["num_total"] == 60
+
+
+def test_a_failed_picture_write_keeps_the_previous_picture(tmp_path):
+    out = tmp_path / "map.png"
+    out.write_bytes(b"previous picture")
+    with files_capped_at(4096), pytest.raises(WriteFailed) as caught:
+        viz.draw_map(clusters(), out)  # a PNG of some 50 KB
+    assert str(caught.value).startswith(f"cannot write {out}: File too large")
+    assert out.read_bytes() == b"previous picture"
+    assert [p.name for p in tmp_path.iterdir()] == ["map.png"]  # no temporary left
 
 
 def test_draw_map_of_unlabelled_features(tmp_path):

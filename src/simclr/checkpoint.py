@@ -16,6 +16,8 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -27,8 +29,13 @@ from simclr.errors import UserError, first_line
 
 SCHEMA = 1
 LATEST = "latest.pt"
-_TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
-"""Names of the temporary files :func:`write_atomic` writes (``.latest.pt.tmp1234``)."""
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
+"""Names of the temporary files :func:`write_atomic` writes (``.latest.pt.tmp1234``, the number
+is the writer's process id) and of the folders :func:`write_atomic_via_path` writes in."""
+STALE_AFTER_S = 10 * 60
+"""A temporary untouched this long whose writer's process id runs nowhere here is stale."""
+ABANDONED_AFTER_S = 24 * 3600
+"""A temporary untouched this long is stale whatever its process id (ids are reused)."""
 
 
 class WriteFailed(UserError):
@@ -66,7 +73,8 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
 
     A crash leaves the old file or the new one, never half of one; a failed write (or an
     interruption) removes the temporary file. A ``kill -9`` in the middle leaves a temporary
-    file ``.NAME.tmpPID``, which :func:`remove_temporaries` clears.
+    file ``.NAME.tmpPID``, which :func:`remove_temporaries` (a locked run folder) or
+    :func:`remove_stale_temporaries` (a shared folder) clears.
 
     Raises:
         WriteFailed: the operating system refused a write (disk full, read-only, permissions).
@@ -95,16 +103,120 @@ def write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
     return path
 
 
+def write_atomic_via_path(path: Path, save: Callable[[Path], object]) -> Path:
+    """:func:`write_atomic` for libraries that only write to a path (ONNX, parquet).
+
+    ``save`` gets ``path``'s name inside a temporary folder beside ``path``
+    (``.NAME.tmpPID/NAME``); every file it writes there (the ONNX model and its external
+    ``NAME.data``, say) is synced to disk and renamed into ``path``'s folder, ``NAME`` last. Each
+    file is replaced whole; a failure or an interruption removes the temporary folder and
+    replaces nothing.
+
+    Raises:
+        WriteFailed: the operating system refused a write (disk full, read-only, permissions).
+    """
+    staging = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(staging)  # left by a killed process that had the same id
+        staging.mkdir()
+        save(staging / path.name)
+        if not (staging / path.name).is_file():
+            raise RuntimeError(f"{save!r} wrote no file {path.name}")
+        written = sorted(staging.iterdir(), key=lambda entry: entry.name == path.name)
+        for entry in written:
+            with open(entry, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for entry in written:
+            os.replace(entry, path.with_name(entry.name))
+    except (OSError, RuntimeError) as err:
+        cause = _os_error(err, None)
+        if cause is None:
+            raise
+        raise WriteFailed(path, cause) from None
+    finally:
+        _remove(staging)
+    return path
+
+
 def remove_temporaries(folder: Path) -> list[Path]:
-    """Delete the temporary files a killed :func:`write_atomic` left in ``folder``; their paths."""
+    """Delete the temporary files (and folders) a killed write left in ``folder``; their paths.
+
+    Every temporary goes, so only call it on a folder that no other process writes to (a run
+    folder, under its lock); elsewhere use :func:`remove_stale_temporaries`.
+    """
+    return [entry for entry in _temporaries(folder) if _remove(entry)]
+
+
+def remove_stale_temporaries(folder: Path, *, now: float | None = None) -> list[Path]:
+    """Delete the temporaries in ``folder`` that no write still in progress can own; their paths.
+
+    For folders that processes share without a lock (``features/``, the user cache, an export
+    folder): another evaluation may be writing there right now. A temporary
+    ``.NAME.tmpPID`` is stale when nothing in it was modified for :data:`STALE_AFTER_S`
+    (10 minutes) and no process ``PID`` runs on this machine, or when nothing was modified for
+    :data:`ABANDONED_AFTER_S` (a day; process ids are reused, and on shared storage the writer
+    may run on another machine). A write in progress keeps modifying its file, so it is never
+    this old, and a temporary of a live process is left alone until then.
+    """
+    now = time.time() if now is None else now
     removed = []
-    if folder.is_dir():
-        for entry in folder.iterdir():
-            if _TEMPORARY.match(entry.name) and entry.is_file():
-                with contextlib.suppress(OSError):
-                    entry.unlink()
-                    removed.append(entry)
+    for entry in _temporaries(folder):
+        age = now - _last_modified(entry)
+        found = _TEMPORARY.match(entry.name)
+        pid = int(found.group(1)) if found else 0
+        stale = age >= ABANDONED_AFTER_S or (age >= STALE_AFTER_S and not _process_alive(pid))
+        if stale and _remove(entry):
+            removed.append(entry)
     return removed
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    """The entries of ``folder`` named like a temporary of :func:`write_atomic`."""
+    try:
+        return sorted(e for e in folder.iterdir() if _TEMPORARY.match(e.name))
+    except OSError:  # no folder, or one that cannot be listed
+        return []
+
+
+def _remove(entry: Path) -> bool:
+    """Delete a file or a folder tree; whether it went (a missing one did not)."""
+    try:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    except OSError:
+        return False
+    return True
+
+
+def _last_modified(entry: Path) -> float:
+    """The newest modification time of a file, or of a folder and the files directly in it."""
+    try:
+        times = [entry.stat().st_mtime]
+        if entry.is_dir():
+            times += [child.stat().st_mtime for child in entry.iterdir()]
+    except OSError:
+        return time.time()  # vanishing as we look: someone is at work there
+    return max(times)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (``True`` when that cannot be told)."""
+    if os.name == "nt":  # os.kill would terminate it; rely on the age alone
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except (OverflowError, ValueError):  # not a process id at all
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class _Recording:

@@ -123,6 +123,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 _FLAG_KEYS: list[tuple[str, str, type]] = [
     ("--batch-size", "train.batch_size", int),
+    ("--micro-batch", "train.micro_batch_size", int),
     ("--epochs", "train.epochs", int),
     ("--max-steps", "train.max_steps", int),
     ("--max-time", "train.max_time", float),

@@ -16,6 +16,7 @@ from simclr.errors import UserError
 from simclr.modalities import modality_names
 
 if TYPE_CHECKING:
+    from simclr.config import Config
     from simclr.data.items import Items
     from simclr.evaluate.features import Features
 
@@ -26,6 +27,7 @@ def add_commands(commands: Any) -> None:
         _add_knn_command,
         _add_linear_command,
         _add_finetune_command,
+        _add_distill_command,
         _add_cluster_command,
         _add_embed_command,
         _add_neighbors_command,
@@ -88,6 +90,44 @@ def _add_finetune_command(commands: Any) -> None:
     finetune.set_defaults(run=run_finetune)
 
 
+def _add_distill_command(commands: Any) -> None:
+    """Add ``simclr distill``: a student learns a fine-tuned teacher's predictions."""
+    distill = commands.add_parser(
+        "distill", help="distil a fine-tuned classifier into a student on unlabelled images"
+    )
+    distill.add_argument(
+        "teacher", type=Path, help="classifier checkpoint written by finetune (RUN/finetune-*.pt)"
+    )
+    distill.add_argument("--data", required=True, help="images to distil on (labels not needed)")
+    distill.add_argument("--test-data", help="labelled images to score teacher and student on")
+    distill.add_argument("--out", type=Path, help="run folder (default: beside the teacher)")
+    distill.add_argument("--resume", action="store_true", help="continue the run in --out")
+    student = distill.add_argument_group("student (default: the teacher's network, fresh)")
+    student.add_argument("--student-backbone", help="e.g. resnet18 (default: the teacher's)")
+    student.add_argument("--student-width", type=positive_float, help="width multiplier")
+    student.add_argument(
+        "--student-from", type=Path, help="start from this pretrained checkpoint or run folder"
+    )
+    loss = distill.add_argument_group("loss")
+    loss.add_argument("--temperature", type=positive_float, default=1.0, help="(v2: 1)")
+    loss.add_argument(
+        "--label-weight", type=float, default=0.0, help="weight of the labelled term (v2: 0)"
+    )
+    optim = distill.add_argument_group("training")
+    optim.add_argument("--epochs", type=positive_int, default=10, help="passes over --data")
+    optim.add_argument("--batch-size", type=positive_int, default=256)
+    optim.add_argument("--optimizer", choices=("sgd", "lars"), default="sgd")
+    optim.add_argument("--lr", type=positive_float, default=0.1, help="per 256 images")
+    optim.add_argument("--weight-decay", type=float, default=5e-4)
+    optim.add_argument("--max-time", type=positive_float, help="seconds of training at most")
+    optim.add_argument("--seed", type=seed_int, default=0)
+    optim.add_argument("--checkpoint-every", type=positive_int, default=500, help="steps")
+    optim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    distill.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    distill.add_argument("--workers", type=non_negative_int, help="loader processes")
+    distill.set_defaults(run=run_distill, command="distill")
+
+
 def _add_cluster_command(commands: Any) -> None:
     """Add ``simclr cluster``: k-means on the embeddings."""
     cluster = _checkpoint_command(commands, "cluster", "k-means on the embeddings: NMI, ARI, acc")
@@ -119,8 +159,18 @@ def _add_neighbors_command(commands: Any) -> None:
 
 
 def _add_export_command(commands: Any) -> None:
-    """Add ``simclr export``: the encoder as safetensors, TorchScript, ONNX."""
-    export = _checkpoint_command(commands, "export", "encoder as safetensors, TorchScript, ONNX")
+    """Add ``simclr export``: the encoder as safetensors, torch.export, ONNX (TorchScript)."""
+    export = _checkpoint_command(
+        commands, "export", "encoder as safetensors, torch.export (.pt2), ONNX"
+    )
+    export.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=("safetensors", "pt2", "onnx", "torchscript"),  # simclr.export.EXPORT_FORMATS
+        help="write this format (repeat for several; default: safetensors, pt2 = a torch.export "
+        "program, onnx); torchscript only when named: torch deprecates it",
+    )
     export.set_defaults(run=run_export)
 
 
@@ -417,6 +467,7 @@ def run_linear(args: argparse.Namespace) -> int:
 
 def run_finetune(args: argparse.Namespace) -> int:
     """``simclr finetune``: backbone + new classifier on a class-balanced label subset."""
+    from simclr.checkpoint import write_text_atomic
     from simclr.evaluate.classifier import ClassifierTraining
     from simclr.evaluate.finetune import FINETUNE_PROTOCOLS, balanced_subset, finetune, subset_names
 
@@ -436,6 +487,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         max_time=args.max_time,
         num_workers=ctx.workers,
     )
+    tag = f"finetune-{args.label_fraction:g}" + ("-scratch" if args.from_scratch else "")
+    classifier_file = _classifier_out(ctx.json_out(tag).with_suffix(".pt"))
+    listing = ctx.json_out(tag).parent / f"{tag}-subset.txt"
+    refuse_run_files(listing)
     result = finetune(
         None if args.from_scratch else ctx.encoder.model,
         ctx.config,
@@ -446,16 +501,159 @@ def run_finetune(args: argparse.Namespace) -> int:
         keep_projection_layers=protocol.keep_projection_layers if keep is None else keep,
         from_scratch=args.from_scratch,
         device=ctx.device,
+        save_to=classifier_file,
     )
-    tag = f"finetune-{args.label_fraction:g}" + ("-scratch" if args.from_scratch else "")
     chosen = balanced_subset(train_set.labels, args.label_fraction, args.seed)
-    listing = ctx.json_out(tag).parent / f"{tag}-subset.txt"
-    refuse_run_files(listing)
-    listing.parent.mkdir(parents=True, exist_ok=True)
-    listing.write_text("\n".join(subset_names(train_set, chosen)) + "\n")
+    write_text_atomic(listing, "\n".join(subset_names(train_set, chosen)) + "\n")
     result["subset_file"] = str(listing)
     result["protocol"]["name"] = args.protocol
     return ctx.emit(tag, result)
+
+
+def _classifier_out(path: Path) -> Path:
+    """Where a command writes a classifier checkpoint: never over a run's checkpoint.
+
+    An earlier classifier checkpoint there (the same command's output) is replaced.
+    """
+    from simclr.checkpoint import load_checkpoint
+
+    if path.is_file() and "checkpoints" not in (path.name, path.parent.name):
+        try:
+            if load_checkpoint(path).get("kind") == "classifier":
+                return path
+        except UserError:
+            pass
+    refuse_run_files(path)
+    return path
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    """``simclr distill``: train a student on a teacher's predictions, score both."""
+    from simclr.checkpoint import LATEST, file_sha256, load_checkpoint, write_text_atomic
+    from simclr.evaluate.classifier import ClassifierSaving, ClassifierTraining
+    from simclr.evaluate.distill import distill
+    from simclr.evaluate.finetune import classifier_record, load_classifier
+    from simclr.metrics import MetricsLog, truncate_metrics
+    from simclr.modalities.image import image_modality
+    from simclr.run_folder import RunLock
+    from simclr.runtime import resolve_device
+
+    teacher, teacher_config, teacher_state = load_classifier(args.teacher)
+    student = _Student(args, teacher_config, teacher_state)
+    out = args.out or args.teacher.parent / f"distill-{args.teacher.stem}"
+    refuse_run_files(out, folder=True)
+    checkpoint = out / "checkpoints" / LATEST
+    if checkpoint.exists() and not args.resume:
+        raise UserError(
+            f"{out} holds a distillation run; continue it with --resume or change --out"
+        )
+    workers = teacher_config.data.num_workers if args.workers is None else args.workers
+    modality = image_modality(teacher_config.augment.size, num_workers=workers)
+    train_set, _ = modality.open(args.data, split="train")
+    test_set = (
+        None if args.test_data is None else modality.classifier_data(args.test_data, split="test")
+    )
+    training = ClassifierTraining(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        nesterov=args.optimizer == "sgd",
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        max_time=args.max_time,
+        num_workers=workers,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        resume = load_checkpoint(checkpoint) if args.resume and checkpoint.exists() else None
+        if resume is not None:
+            truncate_metrics(out, int(resume["step"]))
+        record = {
+            **classifier_record(student.config, teacher_state["classes"], student.keep),
+            "teacher": str(args.teacher),
+        }
+        metrics = MetricsLog(out, purge_step=None if resume is None else int(resume["step"]) + 1)
+        try:
+            result = distill(
+                teacher,
+                student.classifier,
+                train_set,  # type: ignore[arg-type]
+                test_set,
+                teacher_config.augment,
+                training,
+                temperature=args.temperature,
+                label_weight=args.label_weight,
+                device=resolve_device(args.device or teacher_config.train.device),
+                saving=ClassifierSaving(
+                    checkpoint,
+                    record,
+                    every=args.checkpoint_every,
+                    metrics=metrics,
+                    progress=not args.no_progress,
+                    resume=resume,
+                ),
+            )
+        finally:
+            metrics.close()
+        result["checkpoint"] = str(checkpoint)
+        result["teacher_checkpoint"] = {
+            "path": str(args.teacher),
+            "sha256": file_sha256(args.teacher),
+        }
+        result["student"] = {**result.get("student", {}), **student.description}
+        write_text_atomic(out / "distill.json", json.dumps(result, indent=2) + "\n")
+    finally:
+        lock.release()
+    print(json.dumps(result))
+    return 0
+
+
+class _Student:
+    """The student of ``simclr distill``: the teacher's network or ``--student-*``'s."""
+
+    def __init__(self, args: argparse.Namespace, teacher: Config, state: dict[str, Any]) -> None:
+        import dataclasses
+
+        from simclr.evaluate.features import load_encoder
+        from simclr.evaluate.finetune import build_classifier
+
+        num_classes = len(state["classes"])
+        changes = {
+            key: value
+            for key, value in (("backbone", args.student_backbone), ("width", args.student_width))
+            if value is not None
+        }
+        if args.student_from is not None:
+            if changes:
+                raise UserError(
+                    "--student-from brings its own network; drop --student-backbone/width"
+                )
+            encoder = load_encoder(args.student_from)
+            self.config, self.keep = encoder.config, int(state["keep_projection_layers"])
+            self.classifier = build_classifier(
+                encoder.model,
+                self.config,
+                num_classes=num_classes,
+                keep_projection_layers=self.keep,
+            )
+            self.description: dict[str, Any] = {"init": "pretrained", "from": encoder.info}
+        else:
+            model = dataclasses.replace(teacher.model, **changes)
+            self.config, self.keep = dataclasses.replace(teacher, model=model), 0
+            self.classifier = build_classifier(
+                None, self.config, num_classes=num_classes, from_scratch=True, seed=args.seed
+            )
+            self.description = {"init": "random (from scratch)"}
+        model_config = self.config.model
+        self.description.update(
+            backbone=model_config.backbone,
+            width=model_config.width,
+            keep_projection_layers=self.keep,
+            parameters=sum(p.numel() for p in self.classifier.parameters()),
+        )
 
 
 def run_cluster(args: argparse.Namespace) -> int:
@@ -513,11 +711,13 @@ def run_neighbors(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """``simclr export``: safetensors + config, TorchScript and ONNX, each checked."""
+    """``simclr export``: safetensors + config, .pt2 and ONNX (TorchScript on request), checked."""
     from simclr.checkpoint import run_dir_of
     from simclr.export import (
         CONFIG_FILE,
+        DEFAULT_EXPORT_FORMATS,
         ONNX_FILE,
+        PT2_FILE,
         TORCHSCRIPT_FILE,
         WEIGHTS_FILE,
         export_encoder,
@@ -526,9 +726,10 @@ def run_export(args: argparse.Namespace) -> int:
     ctx = _Context(args)
     out = args.out or run_dir_of(Path(ctx.encoder.info["path"])) / "export"
     refuse_run_files(out, folder=True)
-    for name in (CONFIG_FILE, WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, PT2_FILE, TORCHSCRIPT_FILE, ONNX_FILE):
         refuse_run_files(out / name)
-    print(json.dumps(export_encoder(ctx.encoder, out)))
+    formats = tuple(dict.fromkeys(args.formats or DEFAULT_EXPORT_FORMATS))
+    print(json.dumps(export_encoder(ctx.encoder, out, formats=formats)))
     return 0
 
 

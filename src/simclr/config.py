@@ -127,15 +127,29 @@ class AugmentConfig:
         )
 
 
+EXTERNAL_BACKBONES = ("timm:", "tv:")
+"""Prefixes of ``model.backbone`` names built by another library: ``timm:NAME`` (any timm model)
+and ``tv:NAME`` (a torchvision classification model), see :mod:`simclr.models.external`."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Encoder f and projection head g."""
 
     backbone: str = "resnet50"
+    """A built-in ResNet (``resnet18``..., ``resnet50-2x``...), ``timm:NAME`` (needs timm) or
+    ``tv:NAME`` (a torchvision classification model), e.g. ``timm:vit_small_patch16_224``,
+    ``tv:efficientnet_b0``; their classifier is removed, h is the pooled feature."""
     width: float = 1.0
-    """Channel multiplier of the ResNet (0.25 gives widths 16/32/64/128 on ResNet-18)."""
+    """Channel multiplier of the ResNet (0.25 gives widths 16/32/64/128 on ResNet-18); built-in
+    ResNets only: must stay 1 for ``timm:``/``tv:`` backbones."""
     stem: str = "imagenet"
-    """``imagenet`` (7x7 stride-2 conv + max-pool) or ``cifar`` (3x3 stride-1 conv, no pool)."""
+    """``imagenet`` (7x7 stride-2 conv + max-pool) or ``cifar`` (3x3 stride-1 conv, no pool);
+    built-in ResNets only: must stay ``imagenet`` for ``timm:``/``tv:`` backbones."""
+    backbone_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a ``timm:``/``tv:`` model's constructor, e.g. ``img_size: 32`` for a
+    timm ViT (torchvision's: ``image_size``) trained at another size than 224 px, or
+    ``drop_path_rate: 0.1``; empty for the built-in ResNets."""
     head: str = "v1"
     """``v1``: 2 layers with ReLU (the v1 paper); ``v1-bn``: the same with batch norm on both
     layers (the official v1 code); ``v2``: 3 layers with batch norm on every layer."""
@@ -146,7 +160,43 @@ class ModelConfig:
     zero_init_residual: bool | None = None
     """Start the last batch norm of every residual block with gamma = 0, as the official
     ResNet does; ``None``: the backbone family's default (on for the v2 zoo's
-    ``resnet50-2x``..., off for torchvision's ``resnet18/34/50``)."""
+    ``resnet50-2x``..., off for torchvision's ``resnet18/34/50``). Built-in ResNets only (a
+    ``tv:`` ResNet takes ``backbone_args.zero_init_residual``, a timm one ``zero_init_last``)."""
+
+    def problems(self) -> list[tuple[bool, str]]:
+        """(condition, message) pairs: the ResNet-only settings are left alone for others."""
+        prefix = next((p for p in EXTERNAL_BACKBONES if self.backbone.startswith(p)), None)
+        if prefix is None:
+            return [
+                (
+                    not self.backbone_args,
+                    f"model.backbone_args is for timm:/tv: backbones, not {self.backbone}",
+                )
+            ]
+        name, fix = self.backbone, "(the model fixes its own architecture)"
+        return [
+            (
+                len(name) > len(prefix) and ":" not in name[len(prefix) :],
+                f"model.backbone {name!r}: give a model name after {prefix!r}, e.g. "
+                + ("timm:vit_small_patch16_224" if prefix == "timm:" else "tv:resnet50"),
+            ),
+            (
+                self.width == 1,
+                f"model.width applies to the built-in ResNets, not {name}: set model.width=1 "
+                f"(not {self.width:g}) {fix}",
+            ),
+            (
+                self.stem == "imagenet",
+                f"model.stem applies to the built-in ResNets, not {name}: set "
+                f"model.stem=imagenet (not {self.stem}) {fix}",
+            ),
+            (
+                self.zero_init_residual is None,
+                f"model.zero_init_residual applies to the built-in ResNets, not {name}: leave it "
+                "null (tv: ResNets take model.backbone_args.zero_init_residual, timm ones "
+                "zero_init_last)",
+            ),
+        ]
 
 
 @dataclass(frozen=True)
@@ -178,6 +228,12 @@ class TrainConfig:
 
     batch_size: int = 4096
     """The global batch: under DDP each of K processes takes batch_size / K images."""
+    micro_batch_size: int | None = None
+    """Items per micro-batch (``--micro-batch``; 0 or ``None``: off): the step is still taken on
+    the whole batch, every view against the 2B - 2 negatives of the whole batch, but activations
+    are held for one view of ``micro_batch_size`` items at a time (gradient caching, one more
+    forward pass; :mod:`simclr.micro_batch`). Batch norm then normalises each view of each
+    micro-batch on its own (ghost batches of that size). Must divide ``batch_size / K``."""
     temperature: float = 0.1
     objective: str = "official"
     """What the gradient is taken of: ``official``, the official code's ``loss_a + loss_b``
@@ -600,6 +656,7 @@ def validate(config: Config) -> None:
     for section in (config.audio, config.timeseries, config.text, config.tabular):
         checks += section.problems()
     checks += a.problems()
+    checks += m.problems()
     for p_name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
         p = getattr(a, p_name)
         checks.append((0 <= p <= 1, f"augment.{p_name} must be a probability (got {p})"))

@@ -6,7 +6,13 @@
 * :func:`neighbors` embeds one more image the same way and finds its most similar rows (image
   encoders only).
 * :func:`export_encoder` writes the image backbone as safetensors weights + ``config.json``
-  (reload with :func:`load_exported_encoder`, no checkpoint needed), as TorchScript and as ONNX.
+  (reload with :func:`load_exported_encoder`, no checkpoint needed), as a ``torch.export``
+  program (``encoder.pt2``) and as ONNX; TorchScript (``encoder.pt``) only when asked for, since
+  torch deprecates it (in torch 2.14 ``torch.jit.load`` warns "switch to torch.export").
+
+Every file is written atomically (:func:`simclr.checkpoint.write_atomic`): a failed write
+(full disk, read-only folder) is one :class:`~simclr.checkpoint.WriteFailed` line naming the
+file and leaves the previous file there intact.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import copy
 import csv
 import importlib
+import io
 import json
 import logging
 import os
@@ -29,18 +36,28 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from simclr.checkpoint import write_atomic, write_text_atomic
+from simclr.checkpoint import (
+    WriteFailed,
+    remove_stale_temporaries,
+    write_atomic,
+    write_atomic_via_path,
+    write_text_atomic,
+)
 from simclr.config import to_dict
 from simclr.data.datasets import TensorImages, decode_image
 from simclr.data.items import Items
-from simclr.errors import UserError, first_line
+from simclr.errors import UserError, first_line, require
 from simclr.evaluate.features import Encoder, Features, dataset_features, extract_features
 from simclr.models import create_backbone
 
 INDEX_FORMATS = ("csv", "parquet")
-EXPORT_FORMATS = ("safetensors", "torchscript", "onnx")
+EXPORT_FORMATS = ("safetensors", "pt2", "onnx", "torchscript")
+"""Every format :func:`export_encoder` writes; ``pt2`` is the ``torch.export`` program."""
+DEFAULT_EXPORT_FORMATS = ("safetensors", "pt2", "onnx")
+"""What ``simclr export`` writes unless told otherwise: TorchScript is deprecated in torch."""
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "encoder.safetensors"
+PT2_FILE = "encoder.pt2"
 TORCHSCRIPT_FILE = "encoder.pt"
 ONNX_FILE = "encoder.onnx"
 EXPORT_FORMAT_VERSION = 1
@@ -278,66 +295,92 @@ def read_embedding_metadata(embedded: Path) -> dict[str, Any]:
 
 
 def export_encoder(
-    encoder: Encoder, out_dir: Path, *, formats: Sequence[str] = EXPORT_FORMATS
+    encoder: Encoder, out_dir: Path, *, formats: Sequence[str] = DEFAULT_EXPORT_FORMATS
 ) -> dict[str, Any]:
     """Write the backbone (images -> h) in portable forms, and check each against PyTorch.
 
     ``config.json`` is always written: the architecture, the feature dimension and the input
     the model expects. Each format then gets its file: ``encoder.safetensors`` (weights only;
-    reload with :func:`load_exported_encoder`), ``encoder.pt`` (TorchScript, ``torch.jit.load``)
-    and ``encoder.onnx`` (ONNX with a dynamic batch axis, input ``images``, output ``features``).
+    reload with :func:`load_exported_encoder`), ``encoder.pt2`` (a ``torch.export`` program
+    with a dynamic batch axis, captured in eval mode; ``torch.export.load(path).module()``),
+    ``encoder.onnx`` (ONNX with a dynamic batch axis, input ``images``, output ``features``) and,
+    when asked for, ``encoder.pt`` (TorchScript, ``torch.jit.load``, which warns that it is
+    deprecated).
 
     Args:
         encoder: From :func:`simclr.evaluate.features.load_encoder`.
         out_dir: Folder to write to (created).
-        formats: Any of ``safetensors``, ``torchscript``, ``onnx``.
+        formats: Any of :data:`EXPORT_FORMATS`: ``safetensors``, ``pt2``, ``onnx``,
+            ``torchscript``; by default all but ``torchscript``.
+
+    Each file is replaced atomically, so a failed write leaves the previous one intact;
+    temporaries a killed export left in ``out_dir`` are removed once stale
+    (:func:`~simclr.checkpoint.remove_stale_temporaries`).
 
     Returns:
         ``files`` (format -> path), ``max_abs_diff`` (format -> largest difference from the
-        PyTorch backbone on a random batch; ONNX is checked when onnxruntime is installed),
+        PyTorch backbone on random batches of 3 and 1 images, neither the traced batch size;
+        ONNX is checked when onnxruntime is installed),
         ``feature_dim``, ``config`` (the content of ``config.json``) and ``protocol``.
 
     Shape:
         every exported model maps float ``[B, 3, S, S]`` in [0, 1] to float ``[B, D]``.
+
+    Raises:
+        WriteFailed: a file cannot be written (one line naming it and the reason).
+        UserError: ``torch.export`` cannot capture the backbone (``pt2``; export the others).
     """
     _require_images(encoder, "export")
     unknown = sorted(set(formats) - set(EXPORT_FORMATS))
     if unknown or not formats:
         raise UserError(f"unknown export format(s) {unknown}; choose from {list(EXPORT_FORMATS)}")
+    if "onnx" in formats:
+        _optional_module("onnx", "to export ONNX")  # fail before writing anything
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteFailed(out_dir, err, kept="nothing was written") from None
+    for leftover in remove_stale_temporaries(out_dir):
+        log.info("removed %s, left by an interrupted export", leftover)
     backbone = copy.deepcopy(encoder.model.backbone).cpu().float().eval()
     module = _Representation(backbone).eval()
     size = encoder.config.augment.size
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(2, 3, size, size, generator=generator)
-    check = torch.rand(3, 3, size, size, generator=generator)  # another batch size than traced
+    # other batch sizes than traced: a baked-in batch size (or a lost dynamic axis) shows
+    checks = [torch.rand(n, 3, size, size, generator=generator) for n in (3, 1)]
     with torch.no_grad():
-        reference = module(check)
-    config = _export_config(encoder, feature_dim=reference.shape[1])
+        references = [module(images) for images in checks]
+    config = _export_config(encoder, feature_dim=references[0].shape[1])
     files: dict[str, str] = {}
     diffs: dict[str, float | None] = {}
     if "safetensors" in formats:
         safetensors_torch = _optional_module("safetensors.torch", "to write safetensors")
         state = {name: t.detach().contiguous() for name, t in backbone.state_dict().items()}
-        safetensors_torch.save_file(
-            state, str(out_dir / WEIGHTS_FILE), metadata={"format": "simclr-encoder"}
-        )
+        weights = safetensors_torch.save(state, metadata={"format": "simclr-encoder"})
+        write_atomic(out_dir / WEIGHTS_FILE, lambda handle: handle.write(weights))
+        del weights
         files["safetensors"] = WEIGHTS_FILE
-    (out_dir / CONFIG_FILE).write_text(json.dumps({**config, "files": files}, indent=2) + "\n")
+        _write_config(out_dir, config, files)  # load_exported_encoder reads it
     if "safetensors" in formats:
-        diffs["safetensors"] = _max_abs_diff(load_exported_encoder(out_dir), check, reference)
+        diffs["safetensors"] = _max_abs_diff(load_exported_encoder(out_dir), checks, references)
+    if "pt2" in formats:
+        config["pt2"] = _to_pt2(module, example, out_dir / PT2_FILE)
+        files["pt2"] = PT2_FILE
+        program = torch.export.load(out_dir / PT2_FILE).module()
+        diffs["pt2"] = _max_abs_diff(program, checks, references)
     if "torchscript" in formats:
         config["torchscript"] = _to_torchscript(module, example, out_dir / TORCHSCRIPT_FILE)
         files["torchscript"] = TORCHSCRIPT_FILE
         with _torchscript_deprecation_muted():
             scripted = torch.jit.load(str(out_dir / TORCHSCRIPT_FILE))
-        diffs["torchscript"] = _max_abs_diff(scripted, check, reference)
+        diffs["torchscript"] = _max_abs_diff(scripted, checks, references)
     if "onnx" in formats:
         config["onnx"] = _to_onnx(module, example, out_dir / ONNX_FILE)
         files["onnx"] = ONNX_FILE
-        diffs["onnx"] = _onnx_max_abs_diff(out_dir / ONNX_FILE, check, reference)
-    (out_dir / CONFIG_FILE).write_text(json.dumps({**config, "files": files}, indent=2) + "\n")
+        diffs["onnx"] = _onnx_max_abs_diff(out_dir / ONNX_FILE, checks, references)
+    _write_config(out_dir, config, files)
     return {
         "out_dir": str(out_dir.resolve()),
         "files": {fmt: str((out_dir / name).resolve()) for fmt, name in files.items()},
@@ -345,8 +388,9 @@ def export_encoder(
         "feature_dim": config["feature_dim"],
         "config": {**config, "files": files},
         "protocol": {
-            "max_abs_diff": "largest |exported - PyTorch| over the features of 3 uniform [0, 1] "
-            f"images of {size} px (seed 0; exported with a batch of 2), after reloading each file",
+            "max_abs_diff": "largest |exported - PyTorch| over the features of batches of 3 and "
+            f"1 uniform [0, 1] images of {size} px (seed 0; exported with a batch of 2), after "
+            "reloading each file",
             "onnx_runtime": "onnxruntime CPUExecutionProvider (None: onnxruntime not installed)",
         },
     }
@@ -369,7 +413,9 @@ def load_exported_encoder(out_dir: Path) -> nn.Module:
     weights = out_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise UserError(f"{out_dir} has no {WEIGHTS_FILE}; export with the safetensors format")
-    backbone, _ = create_backbone(arch["name"], width=arch["width"], stem=arch["stem"])
+    backbone, _ = create_backbone(
+        arch["name"], width=arch["width"], stem=arch["stem"], args=arch.get("args")
+    )
     safetensors_torch = _optional_module("safetensors.torch", "to read safetensors")
     try:
         backbone.load_state_dict(safetensors_torch.load_file(str(weights)))
@@ -391,13 +437,25 @@ class _Representation(nn.Module):
         return features.flatten(1)
 
 
+def _write_config(out_dir: Path, config: dict[str, Any], files: dict[str, str]) -> None:
+    """Write ``config.json`` (the config, with the files written so far) atomically."""
+    write_text_atomic(
+        out_dir / CONFIG_FILE, json.dumps({**config, "files": files}, indent=2) + "\n"
+    )
+
+
 def _export_config(encoder: Encoder, *, feature_dim: int) -> dict[str, Any]:
     model = to_dict(encoder.config)["model"]
     size = encoder.config.augment.size
     return {
         "format": "simclr-encoder",
         "format_version": EXPORT_FORMAT_VERSION,
-        "backbone": {"name": model["backbone"], "width": model["width"], "stem": model["stem"]},
+        "backbone": {
+            "name": model["backbone"],
+            "width": model["width"],
+            "stem": model["stem"],
+            "args": model["backbone_args"],
+        },
         "feature_dim": int(feature_dim),
         "augment_size": size,
         "model_config": model,
@@ -423,6 +481,36 @@ def _export_config(encoder: Encoder, *, feature_dim: int) -> dict[str, Any]:
     }
 
 
+def _to_pt2(module: nn.Module, example: Tensor, path: Path) -> dict[str, Any]:
+    """Capture ``module`` with ``torch.export`` (dynamic batch axis) and save it to ``path``.
+
+    The program is serialised in memory first and the bytes handed to
+    :func:`~simclr.checkpoint.write_atomic`: ``torch.export.save`` wants a seekable buffer (it
+    warns about other file objects, and plans to refuse them), which the write-recording file
+    object of ``write_atomic`` is not.
+    """
+    try:
+        program = torch.export.export(
+            module, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+        )
+    except Exception as err:  # noqa: BLE001 - any capture failure is one line
+        raise UserError(
+            f"torch.export cannot capture this backbone ({first_line(err)}); export the other "
+            "formats (simclr export --format safetensors --format onnx)"
+        ) from None
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    data = buffer.getvalue()
+    del buffer
+    write_atomic(path, lambda handle: handle.write(data))
+    return {
+        "exporter": "torch.export.export",
+        "dynamic_shapes": {"images": [0]},
+        "mode": "eval (batch norm uses its running statistics, no dropout)",
+        "load": "torch.export.load(path).module()",
+    }
+
+
 def _to_torchscript(module: nn.Module, example: Tensor, path: Path) -> str:
     """Script when the backbone allows it (no shapes baked in), else trace; save to ``path``."""
     with _torchscript_deprecation_muted():
@@ -431,7 +519,8 @@ def _to_torchscript(module: nn.Module, example: Tensor, path: Path) -> str:
         except Exception:  # noqa: BLE001 - any scripting failure means "trace instead"
             with torch.no_grad():
                 scripted, how = torch.jit.trace(module, example), "torch.jit.trace (eval mode)"
-        scripted.save(str(path))
+        program: bytes = scripted.save_to_buffer()
+    write_atomic(path, lambda handle: handle.write(program))
     return how
 
 
@@ -439,8 +528,9 @@ def _to_torchscript(module: nn.Module, example: Tensor, path: Path) -> str:
 def _torchscript_deprecation_muted() -> Iterator[None]:
     """Silence torch's FutureWarning that TorchScript is deprecated.
 
-    TorchScript is still what libtorch (C++) and older serving stacks load, and users asked for
-    it by name; the warning on every call would only be noise on the command line.
+    TorchScript is still what libtorch (C++) and older serving stacks load, so it stays as a
+    format asked for by name (not a default one); the warning on every call would only be noise
+    on the command line.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r".*torch\.jit.*deprecated", FutureWarning)
@@ -453,41 +543,61 @@ def _to_onnx(module: nn.Module, example: Tensor, path: Path) -> dict[str, Any]:
     Both give the same numbers (max difference from PyTorch below 1e-6 on ResNet-18 and -50);
     the legacy exporter is 3-6x faster but deprecated and slated for removal, so it is only the
     fallback, for backbones that ``torch.export`` cannot capture or when onnxscript is missing.
+    Only a failure to capture the model falls back: the file (and its ``.data``, for weights
+    over 1.8 GB) is written afterwards by :func:`~simclr.checkpoint.write_atomic_via_path`, whose
+    failure is a :class:`~simclr.checkpoint.WriteFailed`.
     """
     _optional_module("onnx", "to export ONNX")
     names: dict[str, Any] = {"input_names": ["images"], "output_names": ["features"]}
+    program = _dynamo_onnx_program(module, example, names)
+    if program is not None:
+        external = _needs_external_data(module)
+        write_atomic_via_path(path, lambda tmp: program.save(tmp, external_data=external))
+        exporter = "torch.onnx.export(dynamo=True)"
+    else:
+
+        def legacy_export(tmp: Path) -> None:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.filterwarnings("ignore", category=DeprecationWarning)
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(tmp),
+                    dynamo=False,
+                    dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+                    **names,
+                )
+
+        write_atomic_via_path(path, legacy_export)
+        exporter = "torch.onnx.export(dynamo=False), TorchScript-based"
+    return {"exporter": exporter, "dynamic_axes": {"images": [0], "features": [0]}, **names}
+
+
+def _dynamo_onnx_program(
+    module: nn.Module, example: Tensor, names: dict[str, Any]
+) -> torch.onnx.ONNXProgram | None:
+    """The torch.export-based ONNX program of ``module`` (not saved), or ``None`` (warned)."""
     try:
         _optional_module("onnxscript", "by the torch.export-based ONNX exporter")
         with torch.no_grad():
-            torch.onnx.export(
+            program = torch.onnx.export(
                 module,
                 (example,),
-                str(path),
                 dynamo=True,
                 verbose=False,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
-                external_data=_needs_external_data(module),
                 **names,
             )
-        exporter = "torch.onnx.export(dynamo=True)"
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no ONNX program")
     except Exception as err:  # noqa: BLE001 - any capture failure: try the other exporter
         log.warning(
             "torch.export-based ONNX export failed (%s); using the legacy exporter",
             first_line(err),
         )
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-                **names,
-            )
-        exporter = "torch.onnx.export(dynamo=False), TorchScript-based"
-    return {"exporter": exporter, "dynamic_axes": {"images": [0], "features": [0]}, **names}
+        return None
+    return program
 
 
 def _needs_external_data(module: nn.Module) -> bool:
@@ -496,19 +606,26 @@ def _needs_external_data(module: nn.Module) -> bool:
     return bool(size > 1_800_000_000)
 
 
-def _onnx_max_abs_diff(path: Path, images: Tensor, reference: Tensor) -> float | None:
+def _onnx_max_abs_diff(path: Path, batches: list[Tensor], references: list[Tensor]) -> float | None:
     try:
         onnxruntime = importlib.import_module("onnxruntime")
     except ImportError:
         return None
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (output,) = session.run(["features"], {"images": images.numpy()})
-    return float((torch.from_numpy(output) - reference).abs().max())
+    diffs = []
+    for images, reference in zip(batches, references, strict=True):
+        (output,) = session.run(["features"], {"images": images.numpy()})
+        diffs.append(float((torch.from_numpy(output) - reference).abs().max()))
+    return max(diffs)
 
 
 @torch.no_grad()
-def _max_abs_diff(model: nn.Module, images: Tensor, reference: Tensor) -> float:
-    return float((model(images).flatten(1) - reference).abs().max())
+def _max_abs_diff(model: nn.Module, batches: list[Tensor], references: list[Tensor]) -> float:
+    """Largest ``|model(x) - reference|`` over the batches (each ``[n, 3, S, S]`` -> ``[n, D]``)."""
+    return max(
+        float((model(images).flatten(1) - reference).abs().max())
+        for images, reference in zip(batches, references, strict=True)
+    )
 
 
 def _embed_one(
@@ -558,15 +675,18 @@ def _absolute_if_file(name: str) -> str:
 
 
 def _write_index(path: Path, columns: dict[str, list[Any]], index_format: str) -> None:
+    """Write the index file atomically (a failed write keeps the previous one)."""
     if index_format == "parquet":
         pyarrow = _optional_module("pyarrow", "to write a parquet index")
         parquet = _optional_module("pyarrow.parquet", "to write a parquet index")
-        parquet.write_table(pyarrow.table(columns), str(path))
+        table = pyarrow.table(columns)
+        write_atomic_via_path(path, lambda tmp: parquet.write_table(table, str(tmp)))
         return
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        writer.writerows(zip(*columns.values(), strict=True))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values(), strict=True))
+    write_text_atomic(path, text.getvalue())
 
 
 def _read_index_paths(path: Path) -> list[str]:
@@ -576,13 +696,9 @@ def _read_index_paths(path: Path) -> list[str]:
         parquet = _optional_module("pyarrow.parquet", "to read a parquet index")
         paths: list[str] = parquet.read_table(str(path), columns=["path"])["path"].to_pylist()
         return paths
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:  # as _write_index writes it
         return [row["path"] for row in csv.DictReader(handle)]
 
 
 def _optional_module(name: str, purpose: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        package = name.split(".")[0]
-        raise UserError(f"{package} is needed {purpose}: pip install {package}") from None
+    return require(name, "parquet" if name.startswith("pyarrow") else "export", purpose)

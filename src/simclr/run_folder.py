@@ -50,6 +50,7 @@ RESUMABLE_CHANGES = (
     "train.device",
     "train.precision",
     "train.compile",
+    "train.micro_batch_size",
     "optim.lr",
     "optim.lr_scaling",
     "optim.warmup_epochs",
@@ -60,7 +61,8 @@ RESUMABLE_CHANGES = (
 )
 """Settings a resumed run may change (a prefix ending in ``.`` covers its section): budgets,
 logging, where and in which precision it runs, loader processes, the learning-rate schedule
-(a lower ``optim.lr`` after a divergence) and the end-of-run kNN. Every other setting defines
+(a lower ``optim.lr`` after a divergence), micro-batches (memory; they change only how batch
+norm groups the rows) and the end-of-run kNN. Every other setting defines
 what is trained (architecture, views, batch size, temperature, seed, data, the optimizer and its
 state's hyperparameters), and changing it on ``--resume`` is refused."""
 
@@ -182,8 +184,8 @@ def check_resume_config(cfg: Config, state: dict[str, Any], checkpoint: Path) ->
         raise UserError(
             f"cannot resume {checkpoint}: changed settings would train another run: "
             f"{', '.join(refused)}; only budgets, logging, device, precision, workers, the "
-            "learning-rate schedule and eval.* may change on --resume (use another --out for "
-            "a new run)"
+            "learning-rate schedule, micro-batches and eval.* may change on --resume (use "
+            "another --out for a new run)"
         )
     if allowed:
         log.warning("resuming with changed settings: %s", ", ".join(allowed))

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import multiprocessing
 import multiprocessing.util  # registers its exit handler before ours (atexit runs LIFO)
 import signal
+import threading
+from typing import Any
 
 import numpy as np
 import torch
 
 from simclr.errors import UserError
+
+log = logging.getLogger("simclr")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -95,3 +100,34 @@ def _kill_leftover_workers() -> None:
 
 
 atexit.register(_kill_leftover_workers)
+
+
+class StopRequest:
+    """A request to stop after the current step, from a signal.
+
+    SIGTERM (a scheduler pre-empting the job, torchrun stopping a failed group) or a first
+    Ctrl-C sets it; a second Ctrl-C interrupts at once. The loop checks it between steps
+    (agreed between ranks), so the checkpoint it then writes is never half a step.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._request)
+
+    def _request(self, signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and self._event.is_set():
+            raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the step to end
+        self._event.set()
+        log.warning("stopping after this step (signal %d); a checkpoint will be saved", signum)
+
+    def is_set(self) -> bool:
+        """Whether a stop was requested."""
+        return self._event.is_set()
+
+    def restore(self) -> None:
+        """Put the previous signal handlers back."""
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)

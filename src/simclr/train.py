@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import signal
-import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -42,6 +40,7 @@ from simclr.errors import UserError, first_line
 from simclr.evaluate.knn import evaluate_knn
 from simclr.losses import OBJECTIVE_SCALES, NTXentLoss
 from simclr.metrics import MetricsLog
+from simclr.micro_batch import check_micro_batch, micro_batch_step
 from simclr.modalities import modality_for, resolve_modality
 from simclr.modalities.base import Batch, Fitted, Modality, ViewGenerator
 from simclr.models.batchnorm import use_global_batchnorm
@@ -53,7 +52,13 @@ from simclr.run_folder import (
     read_resume_state,
     write_run_files,
 )
-from simclr.runtime import autocast_dtype, derive_seed, resolve_device, resolve_precision
+from simclr.runtime import (
+    StopRequest,
+    autocast_dtype,
+    derive_seed,
+    resolve_device,
+    resolve_precision,
+)
 
 log = logging.getLogger("simclr")
 
@@ -182,6 +187,12 @@ def setup_run(
             f"batch size {tcfg.batch_size} is not divisible by the {distributed.world_size()} "
             "processes; train.batch_size is the global batch"
         )
+    if tcfg.micro_batch_size:
+        problem = check_micro_batch(
+            tcfg.micro_batch_size, tcfg.batch_size // distributed.world_size()
+        )
+        if problem is not None:
+            raise UserError(problem)
     # Rank 0 reads the checkpoint, then locks and checks the folder; the others follow it.
     if state is None and resume:
         state = distributed.run_on_main(partial(read_resume_state, run_dir))
@@ -276,7 +287,7 @@ def train_loop(run: Run) -> None:
     metrics = MetricsLog(run.run_dir, purge_step=purge) if main else None
     clock = StepClock(run.step, run.elapsed, run.seconds_per_step)
     window = ThroughputWindow(run.step)
-    stop = _StopRequest()
+    stop = StopRequest()
     bar = _progress_bar(run, enabled=tcfg.progress and main)
     run.model.train()
     agreed_stop = in_step = False
@@ -637,7 +648,9 @@ def _train_step(run: Run, batch: Batch, length: int, lr: float) -> Tensor:
     # repeats it and every rank draws its own
     torch.manual_seed(derive_seed(seed, run.step, run.rank, 1))
     view1, view2 = run.views(*(t[:length].to(run.device, non_blocking=True) for t in batch))
-    loss = training_step(
+    micro = run.cfg.train.micro_batch_size  # the same step, one micro-batch's activations held
+    step = partial(micro_batch_step, micro_batch_size=micro) if micro else training_step
+    loss = step(
         run.train_model,
         view1,
         view2,
@@ -652,7 +665,7 @@ def _train_step(run: Run, batch: Batch, length: int, lr: float) -> Tensor:
     return loss
 
 
-def _agree_on_time(run: Run, clock: StepClock, stop: _StopRequest) -> bool:
+def _agree_on_time(run: Run, clock: StepClock, stop: StopRequest) -> bool:
     """Agree with the other ranks on the clock, the step time and a stop; True to stop."""
     clock.step_done(run.step)
     elapsed, seconds_per_step, stopping = distributed.agree_max(
@@ -727,7 +740,7 @@ def _last_good(run: Run) -> str:
     return f"the last good checkpoint is {run.checkpoint_path} (step {run.saved_step}), intact"
 
 
-def _loader_died_of_stop(err: RuntimeError, stop: _StopRequest) -> bool:
+def _loader_died_of_stop(err: RuntimeError, stop: StopRequest) -> bool:
     """A loader worker killed by the stop signal itself, before it could ignore it."""
     return stop.is_set() and "DataLoader worker" in str(err)
 
@@ -739,34 +752,3 @@ def _restore(target: Any, state: dict[str, Any], key: str, run_dir: Path) -> Non
     except (RuntimeError, ValueError, KeyError) as err:
         path = run_dir / "checkpoints" / LATEST
         raise UserError(f"cannot resume {path} with this config: {first_line(err)}") from None
-
-
-class _StopRequest:
-    """A request to stop after the current step, from a signal.
-
-    SIGTERM (a scheduler pre-empting the job, torchrun stopping a failed group) or a first
-    Ctrl-C sets it; a second Ctrl-C interrupts at once. The loop checks it between steps
-    (agreed between ranks), so the checkpoint it then writes is never half a step.
-    """
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._request)
-
-    def _request(self, signum: int, frame: object) -> None:
-        if signum == signal.SIGINT and self._event.is_set():
-            raise KeyboardInterrupt  # a second Ctrl-C: do not wait for the step to end
-        self._event.set()
-        log.warning("stopping after this step (signal %d); a checkpoint will be saved", signum)
-
-    def is_set(self) -> bool:
-        """Whether a stop was requested."""
-        return self._event.is_set()
-
-    def restore(self) -> None:
-        """Put the previous signal handlers back."""
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)

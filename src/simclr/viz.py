@@ -22,9 +22,10 @@ from torch import Tensor
 
 from simclr.augment.loader import TwoCrops, eval_resize
 from simclr.augment.views import SimCLRViews
+from simclr.checkpoint import write_atomic
 from simclr.config import AugmentConfig
 from simclr.data.datasets import FileImages, ImageDataset, TensorImages, read_image
-from simclr.errors import UserError
+from simclr.errors import UserError, require
 from simclr.metrics import read_metrics
 
 if TYPE_CHECKING:
@@ -243,13 +244,7 @@ def embed_2d(
         "seed": seed,
     }
     if method == "umap":
-        try:  # optional dependency, without type stubs
-            umap = importlib.import_module("umap")
-        except ImportError:
-            raise UserError(
-                "method umap needs the umap-learn package (pip install umap-learn); "
-                "or use --method tsne"
-            ) from None
+        umap = require("umap", "umap", "for --method umap (umap-learn; or use --method tsne)")
         neighbours = min(15, len(positions) - 1)
         reducer = umap.UMAP(n_components=2, n_neighbors=neighbours, random_state=seed)
         protocol.update(method="UMAP (umap-learn)", n_neighbors=neighbours)
@@ -601,5 +596,6 @@ def _save(fig: Figure, out: Path, dpi: int, *, description: str | None = None) -
     metadata = {"Software": "simclr"}
     if description is not None:
         metadata["Description"] = description
-    fig.savefig(out, dpi=dpi, format="png", metadata=metadata)
+    # atomically: a failed write (full disk) is one line and keeps the previous picture
+    write_atomic(out, lambda handle: fig.savefig(handle, dpi=dpi, format="png", metadata=metadata))
     return out

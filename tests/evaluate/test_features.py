@@ -1,3 +1,8 @@
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 
@@ -88,3 +93,33 @@ def test_checkpoints_from_before_modalities_load_as_images_without_their_data(ti
     old = load_encoder(tmp_path / "old.pt")
     assert old.config.data.modality == "image" and old.fitted == {}
     assert old.modality().name == "image"
+
+
+def test_stale_cache_temporaries_go_and_those_of_a_running_evaluation_stay(
+    tiny_run, tmp_path, monkeypatch
+):
+    run, folder = tiny_run
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    cache, user_cache = run / "features", tmp_path / "xdg" / "simclr" / "features"
+    killed = 4_194_305  # above Linux's largest pid_max: no process has this id
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    hour_ago = time.time() - 3600
+    stale = [cache / f".{'1' * 20}.pt.tmp{killed}", user_cache / f".{'2' * 20}.pt.tmp{killed}"]
+    running = [  # an evaluation writing its cache right now, here or on another machine
+        cache / f".{'3' * 20}.pt.tmp{other.pid}",
+        cache / f".{'4' * 20}.pt.tmp{killed}",
+    ]
+    try:
+        for path in stale + running:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"half a cache file")
+        for path in [*stale, running[0]]:
+            os.utime(path, (hour_ago, hour_ago))
+        dataset_features(load_encoder(run), str(folder), split="train", num_workers=0)
+        assert not any(path.exists() for path in stale)
+        assert all(path.exists() for path in running)
+    finally:
+        other.kill()
+        other.wait()
+        for path in running:
+            path.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ of ``toy.py``, registered from outside the package); a modality registered witho
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from simclr.config import Config, build_config, recipe_overrides
 from simclr.data.items import Items
 from simclr.data.loading import epoch_batches
 from simclr.errors import UserError
-from simclr.losses import nt_xent
+from simclr.losses import NTXentLoss, nt_xent
+from simclr.micro_batch import micro_batch_step
 from simclr.modalities import detect_modality, modality_for, modality_names, modality_type
 from simclr.modalities.base import Fitted, Modality
 from simclr.models.simclr import SimCLR
@@ -33,6 +35,7 @@ from tests.modalities.test_tabular import mixed_frame
 from tests.modalities.test_text import corpus_rows
 from tests.modalities.test_timeseries import write_waves
 from tests.modalities.toy import write_toy
+from tests.test_micro_batch import TEMPERATURE, ghost_reference
 
 BATCH = 4
 
@@ -236,6 +239,30 @@ def test_one_optimisation_step_on_the_views(opened: Opened) -> None:
     assert torch.isfinite(loss)
     changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
     assert any(changed)
+
+
+def test_a_micro_batched_step_equals_its_ghost_batches_in_one_graph(opened: Opened) -> None:
+    # shape-agnostic: each modality's views (4-D spectrograms, 3-D series, token ids, rows);
+    # float64, since batch norm of 2 rows leaves gradients that are mostly float32 rounding
+    m = opened.modality
+    torch.manual_seed(0)
+    model = m.build_model().double().train()
+    reference = copy.deepcopy(model)
+    v1, v2 = (
+        v.double() if v.is_floating_point() else v for v in m.views(0)(*first_train_batch(opened))
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    torch.manual_seed(1)  # the same dropout masks in both
+    loss = micro_batch_step(
+        model, v1, v2, NTXentLoss(TEMPERATURE), optimizer, scaler, micro_batch_size=BATCH // 2
+    )
+    torch.manual_seed(1)
+    expected_loss, expected = ghost_reference(reference, v1, v2, BATCH // 2)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-10, atol=1e-12)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, expected[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
 def test_draw_views_writes_a_file(opened: Opened, tmp_path: Path) -> None:

@@ -45,14 +45,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import torch
-import webdataset as wds
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from simclr.augment.loader import TwoCrops
+from simclr.checkpoint import write_text_atomic
 from simclr.config import AugmentConfig
 from simclr.data.datasets import FileImages, ReadRecord, read_image
-from simclr.errors import UserError, first_line
+from simclr.errors import UserError, first_line, require
 from simclr.runtime import derive_seed, ignore_stop_signals
 
 log = logging.getLogger("simclr")
@@ -233,6 +233,7 @@ def write_shards(
     """
     if any(out_dir.glob("shard-*.tar")) or (out_dir / INDEX).exists():
         raise UserError(f"{out_dir} already holds shards; choose an empty folder")
+    wds = require("webdataset", "shards", "to write shards")
     out_dir.mkdir(parents=True, exist_ok=True)
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
     with wds.ShardWriter(str(out_dir / "shard-%06d.tar"), maxcount=max_count, verbose=0) as sink:
@@ -246,7 +247,7 @@ def write_shards(
             sink.write(sample)
     names = sorted(p.name for p in out_dir.glob("shard-*.tar"))
     index = {"num_samples": len(order), "classes": files.classes, "shards": names}
-    (out_dir / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    write_text_atomic(out_dir / INDEX, json.dumps(index, indent=1) + "\n")
     return ShardSet([str(out_dir / name) for name in names], len(order), list(files.classes))
 
 
@@ -413,6 +414,7 @@ def shard_batches(
     seeded with ``start`` too (streams cannot seek: the remaining samples differ from those an
     uninterrupted run would have read).
     """
+    wds = require("webdataset", "shards", "to stream shards")
     stream_seed = derive_seed(seed, epoch, start)
     pipeline = wds.DataPipeline(
         wds.ResampledShards(

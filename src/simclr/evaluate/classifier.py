@@ -14,35 +14,42 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from simclr.augment import functional as AF
 from simclr.augment.loader import TwoCrops
 from simclr.augment.params import sample_view_params
+from simclr.checkpoint import load_weights, nonfinite_tensors, save_checkpoint, state_tensors
 from simclr.clock import Budget, StepClock
 from simclr.config import AugmentConfig, OptimConfig
 from simclr.data.datasets import FileImages, ImageDataset, TensorImages
 from simclr.data.loading import epoch_batches
-from simclr.errors import UserError
+from simclr.errors import UserError, first_line
 from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.features import extract_features
+from simclr.metrics import MetricsLog
 from simclr.optim import build_optimizer, lr_at, set_lr
-from simclr.runtime import autocast_dtype, ignore_stop_signals, resolve_precision
+from simclr.runtime import StopRequest, autocast_dtype, ignore_stop_signals, resolve_precision
 
 __all__ = [
     "Classifier",
     "ClassifierRun",
+    "ClassifierSaving",
     "ClassifierTraining",
+    "Objective",
     "classifier_augment",
     "classifier_protocol",
     "evaluate_classifier",
+    "label_cross_entropy",
     "train_and_score",
     "train_classifier",
     "zero_linear",
@@ -190,8 +197,9 @@ def _labelled_batches(
     seed: int,
     epoch: int,
     num_workers: int,
+    start: int = 0,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """uint8 images and labels of one shuffled epoch over ``items``.
+    """uint8 images and labels of one shuffled epoch over ``items``, from its batch ``start``.
 
     In-memory images come whole (cropped later on the device); files come as one random resized
     crop each, cut by loader workers with :class:`TwoCrops`'s crop (unreadable files dropped).
@@ -199,7 +207,8 @@ def _labelled_batches(
     Shape:
         images ``[B, 3, H, W]`` uint8, labels ``[B]`` int64.
     """
-    batches = [items[b] for b in epoch_batches(len(items), batch_size, seed=seed, epoch=epoch)]
+    order = epoch_batches(len(items), batch_size, seed=seed, epoch=epoch)
+    batches = [items[b] for b in order[start:]]
     if isinstance(dataset, TensorImages):
         for index in batches:
             yield dataset.images[index], dataset.labels[index]
@@ -236,8 +245,19 @@ def _crop_flip(
     return AF.hflip(x, params.flip)
 
 
+Objective = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""A classifier's training loss from ``(logits, labels, images)``: cross-entropy with the
+labels (:func:`label_cross_entropy`), or distillation from a teacher that sees the same images
+(:class:`simclr.evaluate.distill.DistillationLoss`). Called inside the step's autocast."""
+
+
+def label_cross_entropy(logits: Tensor, labels: Tensor, images: Tensor) -> Tensor:
+    """Cross-entropy of the logits with the labels (the images are not needed)."""
+    return F.cross_entropy(logits.float(), labels)
+
+
 class _Update:
-    """One optimisation step: crop and flip, forward, cross-entropy, backward, optimizer step.
+    """One optimisation step: crop and flip, forward, loss, backward, optimizer step.
 
     Built in the order the trainer has always used (optimizer, scaler, then the augmentation
     generator seeded with ``training.seed``), so a seed gives the same numbers.
@@ -253,8 +273,9 @@ class _Update:
         batch_size: int,
         device: torch.device,
         precision: str,
+        objective: Objective,
     ) -> None:
-        self.model, self.augment, self.device = model, augment, device
+        self.model, self.augment, self.device, self.objective = model, augment, device, objective
         self.optimizer = build_optimizer(
             model.trainable(), training.optim_config(), batch_size, exclude=model.fc.parameters()
         )
@@ -271,13 +292,57 @@ class _Update:
             images.to(self.device), self.augment, self.generator, crop=self.crop_on_device
         )
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), labels.to(self.device))
+            loss = self.objective(self.model(x), labels.to(self.device), x)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss
+        return loss.detach()
+
+    def state(self) -> dict[str, Any]:
+        """What continuing this training needs: weights, optimizer, scaler, crop generator."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def restore(self, state: dict[str, Any], source: Path) -> None:
+        """Load a :meth:`state` written by the same training.
+
+        Raises:
+            UserError: the saved state does not fit this network or optimizer.
+        """
+        load_weights(self.model, state["model"], source)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state["scaler"]:
+                self.scaler.load_state_dict(state["scaler"])
+            self.generator.set_state(state["generator"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise UserError(f"cannot resume {source}: {first_line(err)}") from None
+
+
+@dataclass
+class ClassifierSaving:
+    """Where a classifier's training keeps its state as it goes (``simclr distill``).
+
+    A checkpoint every ``every`` steps, on a stop signal (Ctrl-C, SIGTERM: after the step) and
+    at the end; a metrics record every ``log_every`` steps; a progress bar. With ``resume`` (a
+    checkpoint written here) training continues at its step: the data order is a function of
+    (seed, epoch) and the crop generator is saved, so in-memory data continues exactly as if
+    never stopped (the crops of image files are cut by loader workers and differ after it).
+    """
+
+    checkpoint: Path
+    record: dict[str, Any]
+    """Written into every checkpoint besides the training state (config, classes...)."""
+    every: int = 500
+    log_every: int = 50
+    metrics: MetricsLog | None = None
+    progress: bool = False
+    resume: dict[str, Any] | None = None
 
 
 def _check_budget(num_items: int, training: ClassifierTraining) -> None:
@@ -299,25 +364,31 @@ def train_classifier(
     training: ClassifierTraining,
     *,
     device: torch.device,
+    objective: Objective = label_cross_entropy,
+    saving: ClassifierSaving | None = None,
 ) -> ClassifierRun:
-    """Train ``model`` with cross-entropy on ``dataset[items]``, cosine schedule, no warmup.
+    """Train ``model`` on ``dataset[items]`` with a cosine schedule and no warmup.
 
     Each step draws a random resized crop and flip per image (``augment``, from a generator
     seeded with ``training.seed``); the epoch order is :func:`epoch_batches` of ``(seed,
-    epoch)``. The learning rate is ``training.lr`` scaled linearly for the batch size actually
-    used, decayed by a cosine over the planned steps; with ``max_time`` the plan follows the
-    step time measured by :class:`simclr.clock.StepClock`, as in pretraining.
+    epoch)``. The learning rate is ``training.lr`` scaled for the batch size actually used,
+    decayed by a cosine over the planned steps; with ``max_time`` the plan follows the step
+    time measured by :class:`simclr.clock.StepClock`, as in pretraining.
 
     Args:
         model: The classifier; moved to ``device`` and trained in place.
-        dataset: Labelled images.
+        dataset: Images (labelled unless ``objective`` needs no labels).
         items: Positions in ``dataset`` to train on. Shape: ``[n]`` int64.
         augment: Crop size and ranges (:func:`classifier_augment`).
         training: Budget, optimizer, seed, precision and loader settings.
         device: Where to train.
+        objective: The loss (default: cross-entropy with the labels).
+        saving: Checkpoints, metrics, progress and resume (default: none of them).
 
     Raises:
-        UserError: fewer than 2 items, no readable image, or a loss that stops being finite.
+        UserError: fewer than 2 items, no readable image, a loss or weights that stop being
+            finite, or a checkpoint that cannot be written or resumed.
+        KeyboardInterrupt: Ctrl-C or SIGTERM with ``saving``, after saving the last full step.
     """
     _check_budget(len(items), training)
     torch.manual_seed(training.seed)  # the loader workers' crops of files
@@ -326,44 +397,170 @@ def train_classifier(
     precision = resolve_precision(training.precision, device)
     model.to(device).train()
     update = _Update(
-        model, dataset, augment, training, batch_size=batch, device=device, precision=precision
+        model,
+        dataset,
+        augment,
+        training,
+        batch_size=batch,
+        device=device,
+        precision=precision,
+        objective=objective,
     )
-    clock = StepClock()
-    step, loss = 0, torch.tensor(float("nan"))
-    while not budget.done(step, clock.elapsed()):
-        step_at_epoch_start = step
-        for images, labels in _labelled_batches(
-            dataset,
-            items,
-            augment,
-            batch_size=batch,
-            seed=training.seed,
-            epoch=step // budget.steps_per_epoch,
-            num_workers=training.num_workers,
-        ):
-            if len(images) < 2:  # batch norm needs two; only unreadable files get here
-                continue
-            total_steps = budget.planned_steps(step, clock.elapsed(), clock.seconds_per_step(step))
-            loss = update(images, labels, lr_at(step, total_steps, 0, update.peak_lr))
-            step += 1
-            clock.step_done(step)
-            if budget.done(step, clock.elapsed()):
-                break
-        if step == step_at_epoch_start:
-            raise UserError("no readable training images (every file failed to decode)")
-    final_loss = loss.item()
-    if not math.isfinite(final_loss):
-        raise UserError(f"the classifier's loss became {final_loss}; lower the learning rate")
+    loop = _Loop(update, budget, saving or ClassifierSaving(Path(), {}, every=0, log_every=0))
+    try:
+        while not budget.done(loop.step, loop.clock.elapsed()):
+            step_at_epoch_start = loop.step
+            epoch, offset = divmod(loop.step, budget.steps_per_epoch)
+            for images, labels in _labelled_batches(
+                dataset,
+                items,
+                augment,
+                batch_size=batch,
+                seed=training.seed,
+                epoch=epoch,
+                num_workers=training.num_workers,
+                start=offset,
+            ):
+                if len(images) < 2:  # batch norm needs two; only unreadable files get here
+                    continue
+                if loop.step_on(images, labels):
+                    break
+            if loop.step == step_at_epoch_start:
+                raise UserError("no readable training images (every file failed to decode)")
+        loop.finish()
+    finally:
+        loop.close()
     return ClassifierRun(
-        steps=step,
-        epochs_done=round(step / budget.steps_per_epoch, 3),
+        steps=loop.step,
+        epochs_done=round(loop.step / budget.steps_per_epoch, 3),
         batch_size=batch,
         peak_lr=update.peak_lr,
-        train_seconds=round(clock.elapsed(), 2),
-        final_loss=round(final_loss, 4),
-        stopped_by="epochs" if step >= budget.step_limit else "time",
+        train_seconds=round(loop.clock.elapsed(), 2),
+        final_loss=round(loop.loss, 4),
+        stopped_by="epochs" if loop.step >= budget.step_limit else "time",
         precision=precision,
     )
+
+
+class _Loop:
+    """The bookkeeping around :class:`_Update`: schedule, clock, checkpoints, log, stop.
+
+    Without a checkpoint path (``saving.every == 0``) it only keeps the schedule and the clock.
+    """
+
+    def __init__(self, update: _Update, budget: Budget, saving: ClassifierSaving) -> None:
+        self.update, self.budget, self.saving = update, budget, saving
+        self.step, elapsed, per_step, self.loss = 0, 0.0, None, float("nan")
+        if saving.resume is not None:
+            state = saving.resume
+            update.restore(state, saving.checkpoint)
+            self.step, elapsed = int(state["step"]), float(state["elapsed_s"])
+            per_step, self.loss = state.get("seconds_per_step"), float(state["loss"])
+        self.saved_step = self.step if saving.resume is not None else None
+        self.clock = StepClock(self.step, elapsed, per_step)
+        self.last_loss: Tensor | None = None
+        self.lr, self.total, self.logged_step = 0.0, budget.step_limit, -1
+        self.stop = StopRequest() if saving.every else None
+        self.bar = tqdm(
+            total=budget.step_limit,
+            initial=self.step,
+            disable=not saving.progress,
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def step_on(self, images: Tensor, labels: Tensor) -> bool:
+        """Train one step; True when the budget is spent. Saves and logs on schedule."""
+        elapsed = self.clock.elapsed()
+        total = self.budget.planned_steps(
+            self.step, elapsed, self.clock.seconds_per_step(self.step)
+        )
+        lr = lr_at(self.step, total, 0, self.update.peak_lr)
+        self.last_loss = self.update(images, labels, lr)
+        self.step += 1
+        self.clock.step_done(self.step)
+        self.bar.update(1)
+        self.lr, self.total = lr, total
+        saving = self.saving
+        if saving.log_every and self.step % saving.log_every == 0:
+            self._log()
+        if saving.every and self.step % saving.every == 0:
+            self.save()
+        if self.stop is not None and self.stop.is_set():
+            self.save()
+            raise KeyboardInterrupt("stop requested")
+        return self.budget.done(self.step, self.clock.elapsed())
+
+    def _read_loss(self) -> float:
+        """The last step's loss (a host sync); raise when it is not finite."""
+        if self.last_loss is not None:
+            self.loss = self.last_loss.item()
+        if not math.isfinite(self.loss):
+            where = (
+                "no checkpoint was written"
+                if self.saved_step is None
+                else f"{self.saving.checkpoint} (step {self.saved_step}) is intact"
+            )
+            raise UserError(
+                f"the classifier's loss became {self.loss} at step {self.step}; {where}; "
+                "lower the learning rate"
+            )
+        return self.loss
+
+    def _log(self) -> None:
+        """Show the step in the progress bar and write its metrics record."""
+        loss = self._read_loss()
+        self.logged_step = self.step
+        self.bar.total = self.total
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.lr:.3g}")
+        if self.saving.metrics is not None:
+            self.saving.metrics.write(
+                {
+                    "step": self.step,
+                    "epoch": round(self.step / self.budget.steps_per_epoch, 4),
+                    "loss": loss,
+                    "lr": self.lr,
+                    "elapsed_s": round(self.clock.elapsed(), 2),
+                    "planned_steps": self.total,
+                }
+            )
+
+    def save(self) -> None:
+        """Write the checkpoint (atomically), never with a non-finite loss or weight."""
+        if not self.saving.every or self.saved_step == self.step:
+            return
+        self._read_loss()
+        state = self.update.state()
+        bad = nonfinite_tensors(state_tensors(state["model"], "model."))
+        if bad:
+            raise UserError(
+                f"the weights hold NaN or infinity after step {self.step} ({bad[0]}); "
+                "nothing was saved; lower the learning rate"
+            )
+        record = {
+            **self.saving.record,
+            **state,
+            "step": self.step,
+            "elapsed_s": self.clock.elapsed(),
+            "seconds_per_step": self.clock.seconds_per_step(self.step),
+            "loss": self.loss,
+        }
+        save_checkpoint(record, self.saving.checkpoint)
+        self.saved_step = self.step
+
+    def finish(self) -> None:
+        """The final loss check, log record and checkpoint."""
+        self._read_loss()
+        trained_here = self.last_loss is not None
+        if self.saving.log_every and trained_here and self.logged_step != self.step:
+            self._log()
+        self.save()
+
+    def close(self) -> None:
+        """Put the signal handlers back and close the progress bar."""
+        if self.stop is not None:
+            self.stop.restore()
+        self.bar.close()
 
 
 def evaluate_classifier(

@@ -5,6 +5,8 @@ computed with the modality's evaluation preprocessing (for images: resize, centr
 large images; never augmentation), with the encoder in eval mode, and cached per checkpoint (by
 its SHA-256), data, split, preprocessing and layer under the run folder's ``features/`` (or, when
 that folder cannot be written, under the user cache folder, see :func:`user_cache_dir`).
+Cache files are written atomically (:func:`~simclr.checkpoint.save_checkpoint`); the
+temporaries a killed writer left there are removed once stale (:func:`dataset_features`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from simclr.checkpoint import (
     load_checkpoint,
     load_weights,
     nonfinite_tensors,
+    remove_stale_temporaries,
     resolve_checkpoint,
     run_dir_of,
     save_checkpoint,
@@ -233,7 +236,12 @@ def dataset_features(
         num_workers: Loader processes.
         batch_size: Items per forward pass.
         cache: Read and write ``features/`` beside the checkpoint (where it cannot be written,
-            the user cache folder, :func:`user_cache_dir`; where neither can, nothing).
+            the user cache folder, :func:`user_cache_dir`; where neither can, nothing). Each
+            cache file is written atomically (temporary ``.KEY.pt.tmpPID``, then a rename).
+            Temporaries that a killed evaluation left in both folders are deleted first, but
+            only stale ones, since another evaluation may be writing there right now: untouched
+            for 10 minutes with no live process ``PID`` on this machine, or untouched for a
+            day (:func:`~simclr.checkpoint.remove_stale_temporaries`).
 
     Returns:
         ``(features, dataset, protocol)``: protocol says which features, preprocessing, data and
@@ -263,6 +271,9 @@ def dataset_features(
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:20]
     places = [run_dir_of(Path(encoder.info["path"])) / "features", user_cache_dir()]
     if cache:
+        for folder in places:
+            for leftover in remove_stale_temporaries(folder):
+                log.info("removed %s, left by an interrupted feature cache write", leftover)
         for folder in places:
             cached = _read_cached(folder / f"{key}.pt")
             if cached is not None:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from simclr.config import Config
+from simclr.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from simclr.config import Config, from_dict, to_dict
 from simclr.data.datasets import ImageDataset, require_labels
 from simclr.errors import UserError
 from simclr.evaluate.classifier import Classifier, ClassifierTraining, train_and_score, zero_linear
@@ -30,9 +32,14 @@ from simclr.models.simclr import SimCLR
 __all__ = [
     "balanced_subset",
     "build_classifier",
+    "classifier_record",
     "finetune",
+    "load_classifier",
     "subset_names",
 ]
+
+CLASSIFIER = "classifier"
+"""The ``kind`` of a classifier checkpoint (``finetune``'s and ``distill``'s output)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,52 @@ def _head_prefix(head: ProjectionHead, num_layers: int, in_dim: int) -> tuple[nn
     return nn.Sequential(*kept), linears[-1].out_features if linears else in_dim
 
 
+def classifier_record(
+    config: Config, classes: list[str], keep_projection_layers: int
+) -> dict[str, Any]:
+    """What a classifier checkpoint holds besides its weights: enough to rebuild the network.
+
+    ``kind`` (``"classifier"``), the ``config`` of its encoder, its ``classes`` (in output
+    order) and ``keep_projection_layers``; :func:`load_classifier` reads it back.
+    """
+    return {
+        "kind": CLASSIFIER,
+        "config": to_dict(config),
+        "classes": list(classes),
+        "keep_projection_layers": keep_projection_layers,
+    }
+
+
+def load_classifier(path: Path | str) -> tuple[Classifier, Config, dict[str, Any]]:
+    """Rebuild the classifier of a checkpoint written by ``finetune`` or ``distill``.
+
+    Read safely (:func:`simclr.checkpoint.load_checkpoint`: no pickled code runs).
+
+    Returns:
+        The classifier (eval mode, CPU), its encoder's config and the checkpoint's dict.
+
+    Raises:
+        UserError: not a classifier checkpoint, or weights that do not fit its description.
+    """
+    state = load_checkpoint(path)
+    classes, keep = state.get("classes"), state.get("keep_projection_layers")
+    if (
+        state.get("kind") != CLASSIFIER
+        or not isinstance(classes, list)
+        or not isinstance(keep, int)
+    ):
+        raise UserError(
+            f"{path} is not a classifier checkpoint: a teacher comes from `simclr finetune` "
+            "(RUN/finetune-*.pt) or `simclr distill` (OUT/checkpoints/latest.pt)"
+        )
+    config = from_dict(state["config"])
+    classifier = build_classifier(
+        None, config, num_classes=len(classes), keep_projection_layers=keep, from_scratch=True
+    )
+    load_weights(classifier, state["model"], path)
+    return classifier.eval(), config, state
+
+
 def finetune(
     model: SimCLR | None,
     config: Config,
@@ -149,6 +202,7 @@ def finetune(
     keep_projection_layers: int = 0,
     from_scratch: bool = False,
     device: torch.device | str = "cpu",
+    save_to: Path | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on a class-balanced fraction of the labels and score on the test set.
 
@@ -166,6 +220,8 @@ def finetune(
         keep_projection_layers: Projection-head layers kept below the classifier (v2: 1).
         from_scratch: Train the same architecture from fresh weights instead (the baseline).
         device: Where to train.
+        save_to: Write the fine-tuned classifier there (atomically), for ``simclr distill``
+            (:func:`load_classifier` reads it).
 
     Returns:
         ``top1``/``top5`` (percent, on the test set), ``subset_size``, ``per_class_counts``,
@@ -193,6 +249,10 @@ def finetune(
     )
     change = (_flat_weights(classifier.backbone) - start).norm() / start.norm().clamp_min(1e-12)
     counts = torch.bincount(train_set.labels[subset], minlength=len(train_set.classes)).tolist()
+    if save_to is not None:
+        record = classifier_record(config, train_set.classes, keep_projection_layers)
+        state = {**record, "model": classifier.state_dict(), "step": shared["steps"]}
+        result["classifier_checkpoint"] = str(save_checkpoint(state, save_to))
     return {
         **result,
         "subset_size": len(subset),

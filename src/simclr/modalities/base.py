@@ -37,7 +37,7 @@ from simclr.data.datasets import ImageDataset
 from simclr.data.folders import walk_files
 from simclr.data.items import Items, TensorItems
 from simclr.data.loading import TrainData, epoch_batches
-from simclr.errors import UserError
+from simclr.errors import UserError, require
 from simclr.models.heads import head_for_version
 from simclr.models.simclr import SimCLR
 
@@ -309,6 +309,7 @@ def csv_holds_text(path: Path, probe_rows: int = 200) -> bool:
     characters on average over the first ``probe_rows`` rows; tables hold numbers and short
     category names. Unreadable files are neither (``False``); the reader reports them.
     """
+    require("pandas", "tables", "to read CSV files")
     import pandas as pd
 
     try:

@@ -22,6 +22,7 @@ from simclr.data.loading import TrainData, eval_batches, open_train_data, train_
 from simclr.data.shards import is_shard_index
 from simclr.errors import UserError
 from simclr.modalities.base import Batch, Fitted, Modality, ViewGenerator, file_suffixes
+from simclr.models.external import check_image_size, is_external
 from simclr.models.simclr import SimCLR
 
 
@@ -33,7 +34,7 @@ class ImageModality(Modality):
     """
 
     name = "image"
-    backbones = ("resnet50", "resnet18", "resnet34")  # and any registered with register_backbone
+    backbones = ("resnet50", "resnet18", "resnet34")  # + register_backbone's, timm:*, tv:*
 
     @classmethod
     def detect(cls, spec: str) -> bool:
@@ -74,8 +75,17 @@ class ImageModality(Modality):
         return dataset
 
     def build_model(self) -> SimCLR:
-        """A registered backbone (``model.backbone``, ``width``, ``stem``) with the head."""
-        return SimCLR.from_config(self.cfg.model)
+        """A registered, timm or torchvision backbone (``model.*``) with the head.
+
+        A ``timm:``/``tv:`` backbone first runs one blank image of ``augment.size`` px, so a
+        ViT built for another size is one line here (:func:`check_image_size`).
+        """
+        model = SimCLR.from_config(self.cfg.model)
+        if is_external(self.cfg.model.backbone):
+            check_image_size(
+                model.backbone, self.cfg.model.backbone, self.cfg.augment.size, model.feature_dim
+            )
+        return model
 
     def views(self, seed: int) -> ViewGenerator:
         """:class:`SimCLRViews` with the ``augment`` recipe."""

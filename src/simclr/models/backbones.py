@@ -1,8 +1,10 @@
-"""Encoders f: a registry of ResNets, by name.
+"""Encoders f: a registry of ResNets, by name, and the models of timm and torchvision.
 
 ``create_backbone(name)`` returns the module (mapping images ``[B, 3, H, W]`` to pooled features
 ``[B, D]``) and its feature dimension D. Any other ``nn.Module`` with that contract works with
 :class:`simclr.SimCLR` through the Python API; register it to reach it from the command line.
+``timm:NAME`` and ``tv:NAME`` build a timm or torchvision model without its classifier
+(:mod:`simclr.models.external`).
 
 Two families are registered:
 
@@ -16,12 +18,15 @@ Two families are registered:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from simclr.config import ModelConfig
 from simclr.errors import UserError
+from simclr.models.external import create_external, is_external
 from simclr.models.resnet_v2 import DEPTHS, SK_RATIO, WIDTHS, ResNetV2, zoo_name
 
 BackboneFactory = Callable[..., tuple[nn.Module, int]]
@@ -43,7 +48,7 @@ def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]
 
 
 def list_backbones() -> list[str]:
-    """Names accepted by :func:`create_backbone`."""
+    """Registered names accepted by :func:`create_backbone` (besides ``timm:*`` and ``tv:*``)."""
     return sorted(_REGISTRY)
 
 
@@ -53,20 +58,42 @@ def create_backbone(
     width: float = 1.0,
     stem: str = "imagenet",
     zero_init_residual: bool | None = None,
+    args: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, int]:
-    """Build a registered backbone; returns ``(module, feature_dim)``.
+    """Build a registered backbone, or a timm or torchvision one; returns ``(module, dim)``.
 
     Args:
-        name: A name from :func:`list_backbones`.
+        name: A name from :func:`list_backbones`, ``timm:NAME`` or ``tv:NAME``.
         width: Channel multiplier of the torchvision family; the zoo's names carry their width
-            (``resnet50-2x``), and this must then be 1.
-        stem: ``imagenet`` or ``cifar``.
+            (``resnet50-2x``), and this must then be 1, as for ``timm:``/``tv:`` names.
+        stem: ``imagenet`` or ``cifar`` (``imagenet`` for ``timm:``/``tv:`` names).
         zero_init_residual: Start the last batch norm of every residual block with gamma = 0.
             ``None`` keeps each family's default: on for the SimCLR v2 zoo (as the official
-            code), off for the torchvision family (as torchvision).
+            code), off for the torchvision family (as torchvision). Must be ``None`` for
+            ``timm:``/``tv:`` names.
+        args: Constructor keyword arguments of a ``timm:``/``tv:`` model
+            (``model.backbone_args``); none for the registered families.
+
+    Raises:
+        UserError: an unknown name, or a setting that does not apply to it (one line).
     """
+    settings = ModelConfig(
+        backbone=name,
+        width=width,
+        stem=stem,
+        zero_init_residual=zero_init_residual,
+        backbone_args=dict(args or {}),
+    )
+    for ok, message in settings.problems():
+        if not ok:
+            raise UserError(message)
+    if is_external(name):
+        return create_external(name, args)
     if name not in _REGISTRY:
-        raise UserError(f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}")
+        raise UserError(
+            f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}, "
+            "timm:NAME or tv:NAME"
+        )
     if zero_init_residual is None:
         return _REGISTRY[name](width=width, stem=stem)
     return _REGISTRY[name](width=width, stem=stem, zero_init_residual=zero_init_residual)

@@ -34,9 +34,13 @@ class SimCLR(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> SimCLR:
-        """Build the image model described by a :class:`ModelConfig` (a registered backbone)."""
+        """Build the image model of a :class:`ModelConfig` (registered, timm or tv backbone)."""
         backbone, dim = create_backbone(
-            cfg.backbone, width=cfg.width, stem=cfg.stem, zero_init_residual=cfg.zero_init_residual
+            cfg.backbone,
+            width=cfg.width,
+            stem=cfg.stem,
+            zero_init_residual=cfg.zero_init_residual,
+            args=cfg.backbone_args,
         )
         head = head_for_version(cfg.head, dim, cfg.head_hidden_dim, cfg.head_out_dim)
         return cls(backbone, dim, head)

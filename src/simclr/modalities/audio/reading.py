@@ -22,7 +22,7 @@ import torch
 
 from simclr.data.folders import scan_class_folders
 from simclr.data.items import SPLITS, TensorItems, check_split
-from simclr.errors import UserError, first_line
+from simclr.errors import UserError, first_line, require
 
 log = logging.getLogger("simclr")
 
@@ -52,7 +52,7 @@ def read_clip(path: Path, sample_rate: int, max_seconds: float) -> np.ndarray:
     Shape:
         ``[T]`` float32, ``T <= max_seconds * sample_rate``.
     """
-    import soundfile as sf
+    sf = require("soundfile", "audio", "to read audio files")
     from scipy.signal import resample_poly
 
     with sf.SoundFile(path) as source:
@@ -131,7 +131,7 @@ def read_audio_folder(
     Shape:
         ``inputs`` float32 ``[N, T_max]`` (zero after each clip's end), ``lengths`` int64 ``[N]``.
     """
-    import soundfile as sf
+    sf = require("soundfile", "audio", "to read audio files")
 
     path = Path(spec).expanduser()
     if not path.exists():

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from simclr.config import AudioConfig
-from simclr.errors import UserError
+from simclr.errors import UserError, require
 
 POWER_FLOOR = 1e-10
 """Mel energies are clamped to this before the logarithm (-100 dB; librosa's ``amin``)."""
@@ -41,7 +41,7 @@ class LogMel(nn.Module):
 
     def __init__(self, sample_rate: int, n_mels: int, window_ms: float, hop_ms: float) -> None:
         super().__init__()
-        import librosa
+        librosa = require("librosa", "audio", "for audio spectrograms")
 
         self.sample_rate = sample_rate
         self.win_length = max(2, round(sample_rate * window_ms / 1000))

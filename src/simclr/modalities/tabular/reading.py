@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from simclr.data.items import check_split, split_positions
-from simclr.errors import UserError, first_line
+from simclr.errors import UserError, first_line, require
 from simclr.modalities.base import csv_holds_text
 
 if TYPE_CHECKING:
@@ -195,6 +195,7 @@ def load_sklearn_table(name: str) -> pd.DataFrame:
     Raises:
         UserError: a name outside :data:`SKLEARN_TABLES`.
     """
+    require("pandas", "tables", "to read tables")
     from sklearn import datasets
 
     loaders: dict[str, Callable[..., object]] = {
@@ -216,6 +217,7 @@ def load_sklearn_table(name: str) -> pd.DataFrame:
 
 def _read_csv(path: Path) -> pd.DataFrame:
     """The fast C parser first; the Python one (which can skip bad rows) when a row is bad."""
+    require("pandas", "tables", "to read tables")
     import pandas as pd
 
     def skip(fields: list[str]) -> None:
@@ -235,6 +237,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:
+    require("pandas", "tables", "to read tables")
+    require("pyarrow", "tables", "to read Parquet tables")
     import pandas as pd
 
     try:

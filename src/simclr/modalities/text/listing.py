@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from simclr.checkpoint import write_text_atomic
 from simclr.config import TextConfig
 from simclr.errors import UserError
 from simclr.modalities.text.items import TextItems
@@ -64,6 +65,4 @@ def write_view_listing(
             "",
         ]
     path = out.with_suffix(".txt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_text_atomic(path, "\n".join(lines))

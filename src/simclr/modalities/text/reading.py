@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from simclr.config import TextConfig
 from simclr.data.items import check_split
-from simclr.errors import UserError, first_line
+from simclr.errors import UserError, first_line, require
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,6 +134,7 @@ def _read_lines(path: Path) -> Corpus:
 
 
 def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    require("pandas", "text", "to read text corpora")
     import pandas as pd
 
     records: list[dict[str, Any]] = []
@@ -158,6 +159,7 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[str]]:
 
 
 def _read_csv(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    require("pandas", "text", "to read text corpora")
     import pandas as pd
 
     try:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from simclr.errors import require
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -30,6 +32,7 @@ def train_tokenizer(texts: Sequence[str], *, vocab_size: int, lowercase: bool) -
     Returns:
         The tokenizer as JSON (rebuild it with :func:`load_tokenizer`).
     """
+    require("tokenizers", "text", "for text data")
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -53,6 +56,7 @@ def train_tokenizer(texts: Sequence[str], *, vocab_size: int, lowercase: bool) -
 
 def load_tokenizer(json_text: str) -> Tokenizer:
     """The tokenizer saved by :func:`train_tokenizer`."""
+    require("tokenizers", "text", "for text data")
     from tokenizers import Tokenizer
 
     return Tokenizer.from_str(json_text)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from simclr.data.items import TensorItems, check_split, label_names, split_positions
-from simclr.errors import UserError, first_line
+from simclr.errors import UserError, first_line, require
 
 log = logging.getLogger("simclr")
 
@@ -118,6 +118,7 @@ def read_aeon(name: str, split: str) -> SeriesCollection:
     Raises:
         UserError: ``name`` is not one of :func:`shipped_datasets`.
     """
+    require("aeon.datasets", "timeseries", "to read .ts files and aeon datasets")
     from aeon.datasets import load_classification
 
     shipped = shipped_datasets()
@@ -155,6 +156,7 @@ def read_ts_file(path: Path) -> SeriesCollection:
     Raises:
         UserError: the file cannot be read or parsed.
     """
+    require("aeon.datasets", "timeseries", "to read .ts files and aeon datasets")
     from aeon.datasets import load_from_ts_file
 
     try:
@@ -257,6 +259,7 @@ def to_items(collection: SeriesCollection, classes: Sequence[str] | None = None)
 
 def _aeon_data_root() -> str:
     """The folder of the datasets shipped inside the installed aeon package."""
+    require("aeon.datasets", "timeseries", "to read .ts files and aeon datasets")
     import aeon.datasets
 
     return os.path.join(os.path.dirname(aeon.datasets.__file__), "data")

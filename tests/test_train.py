@@ -84,8 +84,9 @@ def test_data_wait_shows_a_loader_that_starves_the_step(image_folder, tmp_path, 
     monkeypatch.setattr(ImageModality, "train_batches", slow_batches)
     slow = waits("slow")
     assert len(fast) == len(slow) == 3
-    assert all(0 <= wait < 0.5 for wait in fast[1:])
-    assert all(0.5 < wait <= 1 for wait in slow[1:])
+    # Relative, not absolute: on a loaded machine the tiny step itself can take 0.5 s.
+    assert all(0 <= wait <= 1 for wait in fast + slow)
+    assert min(slow[1:]) > max(fast[1:]) and min(slow[1:]) > 0.25
 
 
 def test_pretrain_writes_logs_checkpoint_and_knn(image_folder, tmp_path):

@@ -24,28 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cifar10_evaluate import simclr  # noqa: E402
 from cifar10_pretrain import add_data_arguments, cpu_model, extract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def simclr(*arguments: str) -> dict:
-    """Run one ``simclr`` command; its JSON result line."""
-    command = [str(Path(sys.executable).with_name("simclr")), *arguments]
-    started = time.time()
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-    output = json.loads(result.stdout.strip().splitlines()[-1])
-    output["command"] = " ".join(command)
-    output["wall_s"] = round(time.time() - started, 1)
-    return output
 
 
 def main() -> None:

@@ -488,8 +488,9 @@ def run_finetune(args: argparse.Namespace) -> int:
         num_workers=ctx.workers,
     )
     tag = f"finetune-{args.label_fraction:g}" + ("-scratch" if args.from_scratch else "")
-    classifier_file = _classifier_out(ctx.json_out(tag).with_suffix(".pt"))
-    listing = ctx.json_out(tag).parent / f"{tag}-subset.txt"
+    result_file = ctx.json_out(tag)
+    classifier_file = _classifier_out(result_file.with_suffix(".pt"))
+    listing = result_file.parent / f"{tag}-subset.txt"
     refuse_run_files(listing)
     result = finetune(
         None if args.from_scratch else ctx.encoder.model,
@@ -516,10 +517,11 @@ def _classifier_out(path: Path) -> Path:
     An earlier classifier checkpoint there (the same command's output) is replaced.
     """
     from simclr.checkpoint import load_checkpoint
+    from simclr.evaluate.finetune import CLASSIFIER
 
     if path.is_file() and "checkpoints" not in (path.name, path.parent.name):
         try:
-            if load_checkpoint(path).get("kind") == "classifier":
+            if load_checkpoint(path).get("kind") == CLASSIFIER:
                 return path
         except UserError:
             pass

@@ -77,6 +77,13 @@ def step_parts(model: nn.Module, lr: float = 0.1, scaler_on: bool = False):
 
 
 def micro(model: nn.Module, view1: Tensor, view2: Tensor, m: int, **kw) -> Tensor:
+    """The loss of a micro-batched step."""
+    return micro_with_spread(model, view1, view2, m, **kw)[0]
+
+
+def micro_with_spread(
+    model: nn.Module, view1: Tensor, view2: Tensor, m: int, **kw
+) -> tuple[Tensor, Tensor]:
     optimizer, scaler = step_parts(model, scaler_on=kw.pop("scaler_on", False))
     criterion = NTXentLoss(TEMPERATURE)
     return micro_batch_step(
@@ -134,12 +141,24 @@ def test_without_batch_norm_the_step_is_the_full_batch_step(make, shape, m, scal
         memory_format=memory_format,
     )
     optimizer, scaler = step_parts(full, scaler_on=scaler_on)
-    expected = training_step(
+    expected, _ = training_step(
         full, view1, view2, NTXentLoss(TEMPERATURE), optimizer, scaler, objective_scale=scale
     )
     torch.testing.assert_close(loss, expected, **EXACT)
     assert_all_close(grads(model), grads(full))
     assert_all_close(dict(model.named_parameters()), dict(full.named_parameters()))
+
+
+def test_the_projection_spread_is_that_of_the_full_batch():
+    model, full = fresh(mlp), fresh(mlp)
+    view1, view2 = views((8, 8))
+    _, spread = micro_with_spread(model, view1, view2, 2)
+    optimizer, scaler = step_parts(full, scaler_on=False)
+    _, expected = training_step(full, view1, view2, NTXentLoss(TEMPERATURE), optimizer, scaler)
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(fresh(mlp)(torch.cat([view1, view2])), dim=1)
+    torch.testing.assert_close(spread, expected, **EXACT)
+    torch.testing.assert_close(spread, z.std(dim=0).mean().float(), rtol=1e-6, atol=1e-7)
 
 
 def test_with_batch_norm_each_forward_is_one_view_of_one_block_with_its_own_statistics():
@@ -199,7 +218,7 @@ def test_bf16_autocast_gives_the_full_batch_loss():
     loss = micro(model, view1, view2, 2, autocast=torch.bfloat16)
     optimizer, scaler = step_parts(full)
     criterion = NTXentLoss(TEMPERATURE)
-    expected = training_step(
+    expected, _ = training_step(
         full, view1, view2, criterion, optimizer, scaler, autocast=torch.bfloat16
     )
     torch.testing.assert_close(loss, expected, rtol=2e-2, atol=2e-2)
@@ -278,7 +297,7 @@ def _ddp_worker(rank: int, out_dir: Path) -> None:
     for step in range(STEPS):
         view1, view2 = _global_views(step)
         criterion = NTXentLoss(TEMPERATURE)
-        loss = micro_batch_step(
+        loss, _ = micro_batch_step(
             ddp, view1[rows], view2[rows], criterion, optimizer, scaler, micro_batch_size=M
         )
         losses.append(float(loss))
@@ -320,7 +339,7 @@ def test_two_processes_equal_one_process_with_the_same_ghost_batches(tmp_path):
     for step in range(STEPS):
         view1, view2 = _global_views(step)
         criterion = NTXentLoss(TEMPERATURE)
-        loss = micro_batch_step(
+        loss, _ = micro_batch_step(
             single,
             view1[order],
             view2[order],

@@ -40,7 +40,7 @@ def test_one_training_step_is_an_sgd_step_on_the_official_objective():
 
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    logged = training_step(model, view1, view2, NTXentLoss(temperature), optimizer, scaler)
+    logged, _ = training_step(model, view1, view2, NTXentLoss(temperature), optimizer, scaler)
 
     z1, z2 = reference(view1), reference(view2)
     objective = official_objective(z1, z2, temperature)

@@ -77,7 +77,7 @@ def _poisoned_training_step(monkeypatch, at_call, *, weights=False, loss=False):
                 with torch.no_grad():
                     next(model.parameters()).fill_(float("nan"))
             if loss:
-                return torch.tensor(float("nan"))
+                return torch.tensor(float("nan")), result[1]
         return result
 
     monkeypatch.setattr(train_module, "training_step", step)

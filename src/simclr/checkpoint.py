@@ -29,6 +29,10 @@ from simclr.errors import UserError, first_line
 
 SCHEMA = 1
 LATEST = "latest.pt"
+BEST = "best.pt"
+"""The checkpoint of the best kNN during training (``eval.every``)."""
+SNAPSHOT = "step-{step:08d}.pt"
+"""Periodic snapshots kept besides ``latest.pt`` (``train.keep_checkpoints``)."""
 _TEMPORARY = re.compile(r"^\..+\.tmp(\d+)$")
 """Names of the temporary files :func:`write_atomic` writes (``.latest.pt.tmp1234``, the number
 is the writer's process id) and of the folders :func:`write_atomic_via_path` writes in."""
@@ -403,12 +407,54 @@ def state_tensors(state: object, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint file as given, or the latest checkpoint inside a run folder."""
+    """A checkpoint file as given, the latest checkpoint inside a run folder, or ``RUN:NAME``.
+
+    ``RUN:best`` is the run's ``best.pt`` (the best kNN during training), ``RUN:latest`` its
+    ``latest.pt`` and ``RUN:STEP`` (a number) its snapshot of that step.
+
+    Raises:
+        UserError: no such file (for ``RUN:best``, saying how ``best.pt`` is made).
+    """
+    if not path.exists() and ":" in path.name:
+        name, _, which = str(path).rpartition(":")
+        path = Path(name) / "checkpoints" / _checkpoint_name(which)
+        if which == "best" and not path.is_file():
+            raise UserError(
+                f"{path} does not exist: best.pt is written by pretraining with --eval-every"
+            )
     if path.is_dir():
         path = path / "checkpoints" / LATEST
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     return path
+
+
+def _checkpoint_name(which: str) -> str:
+    """The file name of ``best``, ``latest`` or a step number in ``RUN:which``."""
+    if which in ("best", "latest"):
+        return f"{which}.pt"
+    if which.isdigit():
+        return SNAPSHOT.format(step=int(which))
+    raise UserError(f"unknown checkpoint {which!r} in RUN:{which}; use best, latest or a step")
+
+
+def keep_snapshot(latest: Path, step: int, keep: int) -> Path:
+    """Keep ``latest`` as ``step-<step>.pt``; remove all but the newest ``keep`` snapshots.
+
+    The snapshot is a hard link where the file system allows (no copy).
+
+    Raises:
+        WriteFailed: the snapshot cannot be written (``latest`` is intact).
+    """
+    snapshot = latest.with_name(SNAPSHOT.format(step=step))
+    try:
+        snapshot.unlink(missing_ok=True)
+        os.link(latest, snapshot)
+    except OSError:
+        write_atomic(snapshot, lambda handle: handle.write(latest.read_bytes()))
+    for old in sorted(latest.parent.glob(SNAPSHOT.replace("{step:08d}", "*")))[:-keep]:
+        old.unlink(missing_ok=True)
+    return snapshot
 
 
 def run_dir_of(checkpoint: Path) -> Path:

@@ -130,6 +130,8 @@ _FLAG_KEYS: list[tuple[str, str, type]] = [
     ("--seed", "train.seed", int),
     ("--temperature", "train.temperature", float),
     ("--checkpoint-every", "train.checkpoint_every", int),
+    ("--keep-checkpoints", "train.keep_checkpoints", int),
+    ("--eval-every", "eval.every", str),
     ("--device", "train.device", str),
     ("--precision", "train.precision", str),
     ("--backbone", "model.backbone", str),

@@ -7,8 +7,11 @@ read time only through :func:`now`, so tests fake it by replacing ``simclr.clock
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
+
+from simclr.errors import UserError
 
 TIMING_WARMUP_STEPS = 3
 """Steps excluded from the step-time estimate (allocator and oneDNN/cuDNN warm-up)."""
@@ -73,22 +76,30 @@ class StepClock:
         self.elapsed_before = elapsed_before
         self.saved_seconds_per_step = seconds_per_step
         self._timing_start: tuple[int, float] | None = None  # (step, time) after the warm-up
+        self.excluded = 0.0  # seconds of this process spent outside training (evaluations)
 
     def elapsed(self) -> float:
-        """Seconds of training, including those before a resume."""
-        return self.elapsed_before + now() - self.started
+        """Seconds of training, including those before a resume, without excluded time."""
+        return self.elapsed_before + now() - self.started - self.excluded
+
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` just spent on something else (an evaluation) out of training time.
+
+        The time budget, the step-time estimate and so the schedule then count training alone.
+        """
+        self.excluded += seconds
 
     def step_done(self, step: int) -> None:
         """Record that ``step`` steps are done (starts the measurement after the warm-up)."""
         if step - self.first_step == TIMING_WARMUP_STEPS:
-            self._timing_start = (step, now())
+            self._timing_start = (step, now() - self.excluded)
 
     def seconds_per_step(self, step: int) -> float | None:
         """Measured seconds per step at ``step``, or the saved estimate before it is measured."""
         if self._timing_start is None or step <= self._timing_start[0]:
             return self.saved_seconds_per_step
         begin_step, begin_time = self._timing_start
-        return (now() - begin_time) / (step - begin_step)
+        return (now() - self.excluded - begin_time) / (step - begin_step)
 
 
 class ThroughputWindow:
@@ -107,6 +118,10 @@ class ThroughputWindow:
         """The next batch arrived: the wait since :meth:`fetching` counts as starvation."""
         self.data_wait += now() - self._fetch_started
 
+    def exclude(self, seconds: float) -> None:
+        """Leave ``seconds`` spent outside training (an evaluation) out of this window."""
+        self.started += seconds
+
     def close(self, step: int, items_per_step: int) -> tuple[float, float]:
         """``(items per second, fraction of the window spent waiting)``; starts a new window."""
         end = now()
@@ -115,3 +130,38 @@ class ThroughputWindow:
         wait_fraction = self.data_wait / seconds  # waits are disjoint parts of the window
         self.step, self.started, self.data_wait = step, end, 0.0
         return rate, wait_fraction
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Every ``steps`` optimizer steps, or every ``seconds`` of training time (exactly one set)."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    def due(self, step: int, elapsed: float, last: tuple[int, float]) -> bool:
+        """True when a full interval has passed since ``last`` = ``(step, elapsed)``."""
+        if self.steps is not None:
+            return step // self.steps > last[0] // self.steps
+        assert self.seconds is not None
+        return elapsed // self.seconds > last[1] // self.seconds
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_interval(text: str, what: str) -> Interval:
+    """``"500"`` (steps) or a duration ``"90s"``, ``"5m"``, ``"1.5h"``.
+
+    Raises:
+        UserError: anything else, or a non-positive interval; ``what`` names the setting.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*(s|m|min|h)?\s*", str(text))
+    if match is None or float(match[1]) <= 0 or (match[2] is None and "." in match[1]):
+        raise UserError(
+            f"{what} must be a whole number of steps (500) or a duration (90s, 5m, 1h); "
+            f"got {text!r}"
+        )
+    if match[2] is None:
+        return Interval(steps=int(match[1]))
+    return Interval(seconds=float(match[1]) * _UNITS[match[2]])

@@ -19,6 +19,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from simclr.clock import parse_interval
 from simclr.errors import UserError, first_line
 
 
@@ -259,6 +260,10 @@ class TrainConfig:
     no effect in a single process."""
     checkpoint_every: int = 500
     """Steps between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 0
+    """Periodic snapshots kept besides ``latest.pt`` (``--keep-checkpoints``): each checkpoint
+    is also kept as ``checkpoints/step-<step>.pt`` and the oldest beyond this many are removed;
+    0 keeps none."""
     log_every: int = 10
     progress: bool = True
 
@@ -274,6 +279,15 @@ class EvalConfig:
     k: int = 200
     temperature: float = 0.1
     batch_size: int = 512
+    every: str | None = None
+    """Evaluate while pretraining (``--eval-every``): every N steps (``"500"``) or every stretch
+    of training time (``"90s"``, ``"5m"``, ``"1h"``). kNN on a fixed subset of ``data`` (and of
+    the reference data), logged as ``knn_top1``; the best is kept as ``checkpoints/best.pt``.
+    The evaluation's time is left out of ``train.max_time``. Needs ``data``."""
+    every_reference: int = 5000
+    """Reference items of the periodic kNN (a fixed random subset; all when fewer)."""
+    every_test: int = 2000
+    """Test items of the periodic kNN (a fixed random subset; all when fewer)."""
 
 
 @dataclass(frozen=True)
@@ -645,6 +659,13 @@ def validate(config: Config) -> None:
         (config.eval.batch_size >= 1, "eval.batch_size must be at least 1"),
         (config.eval.k >= 1, "eval.k must be at least 1"),
         (config.eval.temperature > 0, "eval.temperature must be > 0"),
+        (config.eval.every_reference >= 1, "eval.every_reference must be at least 1"),
+        (config.eval.every_test >= 1, "eval.every_test must be at least 1"),
+        (
+            config.eval.every is None or config.eval.data is not None,
+            "eval.every (--eval-every) needs eval.data (--eval-data), the labelled data to score",
+        ),
+        (t.keep_checkpoints >= 0, "train.keep_checkpoints must be >= 0"),
         (config.data.in_memory in ("auto", "always", "never"), "data.in_memory: auto|always|never"),
         (config.data.num_workers >= 0, "data.num_workers must be >= 0"),
         (0 < config.data.test_fraction < 1, "data.test_fraction must be in (0, 1)"),
@@ -663,6 +684,8 @@ def validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+    if config.eval.every is not None:
+        parse_interval(config.eval.every, "eval.every (--eval-every)")
 
 
 def _plain(value: Any) -> Any:

@@ -40,6 +40,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from simclr.health import projection_spread
 from simclr.losses import OBJECTIVE_SCALES
 
 __all__ = ["check_micro_batch", "micro_batch_step"]
@@ -60,10 +61,11 @@ def micro_batch_step(
     autocast: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
     objective_scale: float = OBJECTIVE_SCALES["official"],
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
     """:func:`simclr.train.training_step` with activations held for one micro-batch at a time.
 
-    The returned (and logged) loss is NT-Xent's mean over the 2B anchors; the gradient is that
+    Returns ``(loss, proj_std)``, both detached, as the ordinary step does. The loss (the
+    logged one) is NT-Xent's mean over the 2B anchors; the gradient is that
     of ``objective_scale`` times it, through ``scaler`` (fp16) and under ``autocast``, as in the
     ordinary step. Under DDP ``model`` is the wrapped model: the parameter gradients are
     all-reduced once, in the last backward (the others run under ``no_sync()``). What the result
@@ -108,7 +110,7 @@ def micro_batch_step(
     _set_rng_state(after, device)
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return loss.detach(), projection_spread(torch.cat(projections))
 
 
 def check_micro_batch(micro_batch_size: int, per_process: int) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,11 @@ from tqdm import tqdm
 
 from simclr import distributed
 from simclr.checkpoint import (
+    BEST,
     LATEST,
     WriteFailed,
     file_sha256,
+    keep_snapshot,
     load_weights,
     nonfinite_tensors,
     save_checkpoint,
@@ -38,6 +40,7 @@ from simclr.data.items import Items, require_labels
 from simclr.data.loading import TrainData
 from simclr.errors import UserError, first_line
 from simclr.evaluate.knn import evaluate_knn
+from simclr.health import TrainingHealth, projection_spread
 from simclr.losses import OBJECTIVE_SCALES, NTXentLoss
 from simclr.metrics import MetricsLog
 from simclr.micro_batch import check_micro_batch, micro_batch_step
@@ -45,6 +48,7 @@ from simclr.modalities import modality_for, resolve_modality
 from simclr.modalities.base import Batch, Fitted, Modality, ViewGenerator
 from simclr.models.batchnorm import use_global_batchnorm
 from simclr.models.simclr import SimCLR
+from simclr.monitor import PeriodicKnn
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, warmup_steps_for
 from simclr.run_folder import (
     RunLock,
@@ -101,6 +105,14 @@ class Run:
     """Step of the last checkpoint written (or resumed from); ``None`` before the first."""
     restarted: bool = False
     """Whether this run continues a folder with earlier metrics (their later steps are hidden)."""
+    periodic_knn: PeriodicKnn | None = None
+    """The kNN during training (``eval.every``), or ``None``."""
+    health: TrainingHealth | None = None
+    """Warns when the run is not learning (rank 0 only)."""
+    warmup_steps: int = 0
+    """Warmup steps of the current schedule (set with each step's learning rate)."""
+    progress: dict[str, str] = field(default_factory=dict)
+    """The progress bar's fields: loss, learning rate, images/s, last kNN."""
 
     @property
     def rank(self) -> int:
@@ -116,6 +128,11 @@ class Run:
     def checkpoint_path(self) -> Path:
         """``run_dir/checkpoints/latest.pt``."""
         return self.run_dir / "checkpoints" / LATEST
+
+    @property
+    def best_path(self) -> Path:
+        """``run_dir/checkpoints/best.pt``: the checkpoint of the best periodic kNN."""
+        return self.run_dir / "checkpoints" / BEST
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -261,12 +278,23 @@ def _build_run(
         nonfinite_step=torch.full((), -1, dtype=torch.long, device=device),
         lock=lock,
         restarted=restarted,
+        health=TrainingHealth(tcfg.batch_size, cfg.model.head_out_dim),
     )
     if state is not None:
         run.step, run.elapsed = int(state["step"]), float(state["elapsed_s"])
         run.seconds_per_step = state.get("seconds_per_step")
         run.saved_step = run.step
         log.info("resumed from %s at step %d", run.checkpoint_path, run.step)
+    if cfg.eval.every is not None and eval_sets is not None:
+        run.periodic_knn = PeriodicKnn.for_run(
+            cfg.eval,
+            *eval_sets,
+            seed=tcfg.seed,
+            step=run.step,
+            elapsed=run.elapsed,
+            saved=None if state is None else state.get("periodic_knn"),
+            run_dir=run_dir,
+        )
     return run
 
 
@@ -314,16 +342,19 @@ def train_loop(run: Run) -> None:
                     continue
                 lr, total_steps = _schedule(run)
                 in_step = True
-                loss = _train_step(run, batch, length, lr)
+                loss, spread = _train_step(run, batch, length, lr)
                 in_step = False
                 _note_loss(run, loss)
                 bar.update(1)
                 stopping = _agree_on_time(run, clock, stop)
                 if run.step % tcfg.log_every == 0 or run.budget.done(run.step, run.elapsed):
                     _check_loss(run)
-                    _log_step(run, _log_record(run, loss, lr, total_steps, window), metrics, bar)
+                    record = _log_record(run, loss, spread, lr, total_steps, window)
+                    _log_step(run, record, metrics, bar)
+                if run.periodic_knn is not None and run.periodic_knn.due(run.step, run.elapsed):
+                    _evaluate_during_training(run, clock, window, metrics, bar)
                 if run.step % tcfg.checkpoint_every == 0:
-                    save_run_checkpoint(run)
+                    save_run_checkpoint(run, snapshot=True)
                 if stopping:  # every rank stops after the same step
                     agreed_stop = True
                     raise KeyboardInterrupt("stop requested")
@@ -358,12 +389,36 @@ def _progress_bar(run: Run, *, enabled: bool) -> tqdm[Any]:
 
 
 def _log_step(run: Run, record: dict[str, Any], metrics: MetricsLog | None, bar: tqdm[Any]) -> None:
-    """Write a step's record and show it in the progress bar."""
+    """Write a step's record, show it in the progress bar and warn if the run is not learning."""
     if metrics is not None:
         metrics.write(record)
+        assert run.health is not None
+        run.health.check(record, run.warmup_steps)
     bar.total = record["planned_steps"]
-    rate = f"{record['images_per_s']:.0f}"
-    bar.set_postfix(loss=f"{run.loss:.3f}", lr=f"{record['lr']:.3g}", img_s=rate)
+    run.progress.update(
+        loss=f"{run.loss:.3f}", lr=f"{record['lr']:.3g}", img_s=f"{record['images_per_s']:.0f}"
+    )
+    bar.set_postfix(run.progress)
+
+
+def _evaluate_during_training(
+    run: Run, clock: StepClock, window: ThroughputWindow, metrics: MetricsLog | None, bar: tqdm[Any]
+) -> None:
+    """The periodic kNN: score, log, keep ``best.pt``; its time is left out of training time."""
+    assert run.periodic_knn is not None
+    distributed.broadcast_buffers(run.model)  # per-process batch norm: score rank 0's model
+    record = run.periodic_knn.evaluate(run.model.backbone, run.modality, run.device, run.step)
+    is_best = record.pop("is_best")
+    clock.exclude(record["eval_s"])
+    window.exclude(record["eval_s"])
+    record["elapsed_s"] = round(run.elapsed, 2)
+    record["eval_share"] = round(run.periodic_knn.share(run.elapsed), 4)
+    if metrics is not None:
+        metrics.write(record)
+    run.progress["knn"] = f"{record['knn_top1']:.1f}%"
+    bar.set_postfix(run.progress)
+    if is_best:
+        save_run_checkpoint(run, best=True)
 
 
 def _save_on_interrupt(run: Run, *, in_step: bool, agreed: bool) -> None:
@@ -390,6 +445,8 @@ def finish_run(run: Run) -> dict[str, Any]:
         "checkpoint": str(run.checkpoint_path),
         "processes": run.world,
     }
+    if run.periodic_knn is not None:
+        summary["periodic_knn"] = _periodic_summary(run.periodic_knn, run.elapsed, run.best_path)
     if run.eval_sets is None:
         return summary
     distributed.broadcast_buffers(run.model)  # per-process batch norm: evaluate rank 0's model
@@ -405,13 +462,36 @@ def finish_run(run: Run) -> dict[str, Any]:
     return summary
 
 
-def save_run_checkpoint(run: Run, *, agree: bool = True) -> None:
+def _periodic_summary(periodic: PeriodicKnn, elapsed: float, best: Path) -> dict[str, Any]:
+    """The periodic kNN's part of the summary (and its cost, logged)."""
+    share = periodic.share(elapsed)
+    log.info(
+        "kNN during training: %d evaluations, %.0f s, %.1f %% of the training time",
+        periodic.evaluations,
+        periodic.seconds,
+        100 * share,
+    )
+    return {
+        "evaluations": periodic.evaluations,
+        "seconds": round(periodic.seconds, 1),
+        "share_of_training_time": round(share, 4),
+        "best_top1": periodic.best_top1,
+        "best_step": periodic.best_step,
+        "best_checkpoint": str(best) if periodic.best_step is not None else None,
+    }
+
+
+def save_run_checkpoint(
+    run: Run, *, agree: bool = True, snapshot: bool = False, best: bool = False
+) -> None:
     """Write ``latest.pt`` (rank 0 only; atomically, see :func:`save_checkpoint`).
 
     Every rank first checks the loss of every step since the last check and the model and
     optimizer state: nothing non-finite is written, so the last good checkpoint survives a
     divergence. ``agree``: the ranks are in step (a collective is safe); ``False`` after a
-    second Ctrl-C, when each rank checks alone.
+    second Ctrl-C, when each rank checks alone. ``snapshot``: also keep it as
+    ``step-<step>.pt`` when ``train.keep_checkpoints`` asks for snapshots. ``best``: write
+    ``best.pt`` instead (the best periodic kNN so far), leaving ``latest.pt`` as it is.
 
     Raises:
         UserError: a non-finite loss or state (naming the step and the last good checkpoint),
@@ -425,13 +505,19 @@ def save_run_checkpoint(run: Run, *, agree: bool = True) -> None:
     if bad:
         names = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
         raise _diverged(run, f"the weights hold NaN or infinity after step {run.step} ({names})")
+    if best:
+        if distributed.is_main():
+            _write_checkpoint(run, run.best_path)
+        return
     if distributed.is_main():
-        _write_checkpoint(run)
+        _write_checkpoint(run, run.checkpoint_path)
+        if snapshot and run.cfg.train.keep_checkpoints:
+            keep_snapshot(run.checkpoint_path, run.step, run.cfg.train.keep_checkpoints)
     run.saved_step = run.step  # on every rank: they all take the same decisions from it
 
 
-def _write_checkpoint(run: Run) -> None:
-    """Save the run's state to ``latest.pt``; a failed write names the intact last one."""
+def _write_checkpoint(run: Run, path: Path) -> None:
+    """Save the run's state to ``path``; a failed write names the intact last one."""
     state = {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -443,9 +529,10 @@ def _write_checkpoint(run: Run) -> None:
         "world_size": run.world,
         "config": to_dict(run.cfg),
         "fitted": run.modality.fitted or {},
+        "periodic_knn": None if run.periodic_knn is None else run.periodic_knn.state(),
     }
     try:
-        save_checkpoint(state, run.checkpoint_path)
+        save_checkpoint(state, path)
     except WriteFailed as err:
         then = "start again" if run.saved_step is None else "continue with --resume"
         raise UserError(f"{err}; {_last_good(run)}; once it can be written, {then}") from None
@@ -462,12 +549,13 @@ def training_step(
     autocast: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
     objective_scale: float = OBJECTIVE_SCALES["official"],
-) -> Tensor:
-    """One optimisation step on a batch of view pairs; returns this process's loss (detached).
+) -> tuple[Tensor, Tensor]:
+    """One optimisation step on a batch of view pairs; ``(loss, proj_std)`` of this process.
 
-    The returned (and logged) loss is NT-Xent's mean over the 2B anchors; the gradient is that
-    of ``objective_scale`` times it: by default the official objective, twice the mean (see
-    :data:`simclr.losses.OBJECTIVE_SCALES`).
+    Both are detached. The loss (the logged one) is NT-Xent's mean over the 2B anchors; the
+    gradient is that of ``objective_scale`` times it: by default the official objective, twice
+    the mean (see :data:`simclr.losses.OBJECTIVE_SCALES`). ``proj_std`` is
+    :func:`simclr.health.projection_spread` of the 2B projections (near 0: collapse).
 
     Both views go through the model as one batch of 2B, so batch norm sees them together (as
     the official implementation does); under DDP ``model`` is the wrapped model and ``criterion``
@@ -487,7 +575,7 @@ def training_step(
     scaler.scale(objective_scale * loss).backward()
     scaler.step(optimizer)
     scaler.update()
-    return loss.detach()
+    return loss.detach(), projection_spread(torch.cat([z1, z2]))
 
 
 def view_seed(seed: int, step: int, rank: int) -> int:
@@ -635,13 +723,14 @@ def _schedule(run: Run) -> tuple[float, int]:
     optim = run.cfg.optim
     total_steps = run.budget.planned_steps(run.step, run.elapsed, run.seconds_per_step)
     warmup = warmup_steps_for(optim.warmup_epochs, run.budget.steps_per_epoch, total_steps)
+    run.warmup_steps = warmup
     lr = lr_at(run.step, total_steps, warmup, run.peak_lr, run.peak_lr * optim.min_lr_fraction)
     set_lr(run.optimizer, lr)
     return lr, total_steps
 
 
-def _train_step(run: Run, batch: Batch, length: int, lr: float) -> Tensor:
-    """Draw this step's views, take one optimisation step and count it; the detached loss."""
+def _train_step(run: Run, batch: Batch, length: int, lr: float) -> tuple[Tensor, Tensor]:
+    """Draw this step's views, take one optimisation step and count it; ``(loss, proj_std)``."""
     seed = run.cfg.train.seed
     run.views.manual_seed(view_seed(seed, run.step, run.rank))
     # the model's own randomness (dropout: SimCSE's noise for text) as well, so a resumed run
@@ -650,7 +739,7 @@ def _train_step(run: Run, batch: Batch, length: int, lr: float) -> Tensor:
     view1, view2 = run.views(*(t[:length].to(run.device, non_blocking=True) for t in batch))
     micro = run.cfg.train.micro_batch_size  # the same step, one micro-batch's activations held
     step = partial(micro_batch_step, micro_batch_size=micro) if micro else training_step
-    loss = step(
+    loss, spread = step(
         run.train_model,
         view1,
         view2,
@@ -662,7 +751,7 @@ def _train_step(run: Run, batch: Batch, length: int, lr: float) -> Tensor:
         objective_scale=OBJECTIVE_SCALES[run.cfg.train.objective],
     )
     run.step += 1
-    return loss
+    return loss, spread
 
 
 def _agree_on_time(run: Run, clock: StepClock, stop: StopRequest) -> bool:
@@ -677,14 +766,15 @@ def _agree_on_time(run: Run, clock: StepClock, stop: StopRequest) -> bool:
 
 
 def _log_record(
-    run: Run, loss: Tensor, lr: float, total_steps: int, window: ThroughputWindow
+    run: Run, loss: Tensor, spread: Tensor, lr: float, total_steps: int, window: ThroughputWindow
 ) -> dict[str, Any]:
-    """The ``metrics.jsonl`` record of this step (the loss averaged over ranks).
+    """The ``metrics.jsonl`` record of this step (loss and ``proj_std`` averaged over ranks).
 
     Raises:
         UserError: the loss is no longer finite.
     """
     run.loss = distributed.mean_over_ranks(loss.item())
+    proj_std = distributed.mean_over_ranks(spread.item())
     if not math.isfinite(run.loss):
         raise UserError(
             f"loss became {run.loss} at step {run.step}; lower optim.lr or use train.precision=fp32"
@@ -694,6 +784,7 @@ def _log_record(
         "step": run.step,
         "epoch": run.step / run.budget.steps_per_epoch,
         "loss": run.loss,
+        "proj_std": round(proj_std, 5),
         "lr": lr,
         "images_per_s": round(rate, 1),
         "data_wait": round(wait_fraction, 4),

@@ -148,11 +148,11 @@ def plot_run(run_dir: Path, out: Path | None = None, *, dpi: int = 100) -> Path:
     Steps are the top row, elapsed seconds the bottom one; the throughput shows when the
     machine was busy with something else, which a timed run's step count depends on.
 
-    Reads ``metrics.jsonl``, the end-of-run ``knn.json`` (plotted at the last logged step and
-    time, with its random-init score as a dashed baseline) and the ``knn-*.json`` files written
-    by ``simclr knn`` (plotted at their checkpoint's step; their time is interpolated from the
-    metrics). A resumed run logs again the steps after its last checkpoint; the last record of
-    each step is kept.
+    Reads ``metrics.jsonl`` (with the kNN during training, ``--eval-every``, drawn as a line),
+    the end-of-run ``knn.json`` (plotted at the last logged step and time, with its random-init
+    score as a dashed baseline) and the ``knn-*.json`` files written by ``simclr knn`` (plotted
+    at their checkpoint's step; their time is interpolated from the metrics). A resumed run
+    logs again the steps after its last checkpoint; the last record of each step is kept.
 
     Args:
         run_dir: A run folder.
@@ -168,13 +168,19 @@ def plot_run(run_dir: Path, out: Path | None = None, *, dpi: int = 100) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl; is it a simclr run folder?")
-    by_step = {int(r["step"]): r for r in read_metrics(run_dir) if "step" in r}
+    logged = [r for r in read_metrics(run_dir) if "step" in r]
+    by_step = {int(r["step"]): r for r in logged if "loss" in r}
     if not by_step:
         raise UserError(f"{run_dir / 'metrics.jsonl'} holds no records yet")
     records = [by_step[s] for s in sorted(by_step)]
     steps = np.array([r["step"] for r in records], dtype=float)
     seconds = np.array([r.get("elapsed_s", np.nan) for r in records], dtype=float)
     knn, baseline = _knn_points(run_dir, steps, seconds)
+    during = {int(r["step"]): r for r in logged if "knn_top1" in r}
+    periodic = [
+        (float(s), float(during[s].get("elapsed_s", np.nan)), float(during[s]["knn_top1"]))
+        for s in sorted(during)
+    ]
 
     in_minutes = bool(np.nanmax(seconds, initial=0.0) >= 600)
     times = seconds / 60 if in_minutes else seconds
@@ -198,7 +204,7 @@ def plot_run(run_dir: Path, out: Path | None = None, *, dpi: int = 100) -> Path:
         ax_rate.plot(x, rate, color="tab:purple", linewidth=1.0)
         ax_rate.set_ylabel("images / s")
         ax_rate.set_ylim(bottom=0)
-        _draw_knn(ax_knn, knn, baseline, use_time=row == 1, in_minutes=in_minutes)
+        _draw_knn(ax_knn, knn, baseline, periodic, use_time=row == 1, in_minutes=in_minutes)
         for ax in (ax_loss, ax_lr, ax_rate, ax_knn):
             ax.set_xlabel(x_label)
             ax.grid(alpha=0.3)
@@ -206,7 +212,7 @@ def plot_run(run_dir: Path, out: Path | None = None, *, dpi: int = 100) -> Path:
     axes[0, 1].set_title("learning rate")
     axes[0, 2].set_title("training throughput")
     axes[0, 3].set_title("weighted kNN top-1")
-    fig.suptitle(_run_summary(run_dir, records, knn, baseline), fontsize=11)
+    fig.suptitle(_run_summary(run_dir, records, knn, baseline, periodic), fontsize=11)
     return _save(fig, run_dir / "curves.png" if out is None else out, dpi)
 
 
@@ -478,12 +484,24 @@ def _draw_knn(
     ax: Axes,
     points: list[tuple[float, float, float, str]],
     baseline: float | None,
+    periodic: list[tuple[float, float, float]],
     *,
     use_time: bool,
     in_minutes: bool,
 ) -> None:
+    """Weighted kNN top-1 over steps or time: during training (a line) and of checkpoints."""
     if baseline is not None:
         ax.axhline(baseline, color="0.4", linestyle="--", label=f"random init {baseline:.1f}%")
+    if periodic:
+        x = [p[1] / (60 if in_minutes else 1) if use_time else p[0] for p in periodic]
+        ax.plot(
+            x,
+            [p[2] for p in periodic],
+            ".-",
+            color="tab:olive",
+            linewidth=1.2,
+            label="during training (subset)",
+        )
     if points:
         ordered = sorted(points)
         x = [p[1] / (60 if in_minutes else 1) if use_time else p[0] for p in ordered]
@@ -498,7 +516,7 @@ def _draw_knn(
                 ha="center",
                 fontsize=8,
             )
-    if not points and baseline is None:
+    if not points and not periodic and baseline is None:
         ax.text(
             0.5,
             0.5,
@@ -510,8 +528,9 @@ def _draw_knn(
         )
         return
     ax.set_ylabel("top-1 accuracy (%)")
-    low = min([p[2] for p in points] + ([baseline] if baseline is not None else []))
-    high = max([p[2] for p in points] + ([baseline] if baseline is not None else []))
+    shown = [p[2] for p in points] + [p[2] for p in periodic]
+    shown += [] if baseline is None else [baseline]
+    low, high = min(shown), max(shown)
     ax.set_ylim(max(0.0, low - 10), min(100.0, high + 10))
     ax.legend(fontsize=8, loc="lower right")
 
@@ -521,6 +540,7 @@ def _run_summary(
     records: list[dict[str, Any]],
     knn: list[tuple[float, float, float, str]],
     baseline: float | None,
+    periodic: list[tuple[float, float, float]],
 ) -> str:
     last = records[-1]
     text = (
@@ -531,6 +551,9 @@ def _run_summary(
         text += f"; kNN top-1 {max(knn)[2]:.1f}%"
         if baseline is not None:
             text += f" (random init {baseline:.1f}%)"
+    if periodic:
+        best = max(periodic, key=lambda p: p[2])
+        text += f"; best during training {best[2]:.1f}% at step {best[0]:.0f}"
     return text
 
 

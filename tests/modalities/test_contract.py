@@ -254,7 +254,7 @@ def test_a_micro_batched_step_equals_its_ghost_batches_in_one_graph(opened: Open
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     torch.manual_seed(1)  # the same dropout masks in both
-    loss = micro_batch_step(
+    loss, _ = micro_batch_step(
         model, v1, v2, NTXentLoss(TEMPERATURE), optimizer, scaler, micro_batch_size=BATCH // 2
     )
     torch.manual_seed(1)

@@ -128,6 +128,12 @@ class TensorImages(ImageDataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         return self.images[index], int(self.labels[index])
 
+    def subset(self, index: Tensor) -> TensorImages:
+        """The images at ``index`` (int64 positions), in that order."""
+        return TensorImages(
+            self.images[index], self.labels[index], self.classes, self._subset_names(index)
+        )
+
 
 class FileImages(ImageDataset):
     """Image files decoded on access; an unreadable file yields ``None``.
@@ -152,6 +158,12 @@ class FileImages(ImageDataset):
     def with_transform(self, transform: Callable[[Tensor], Tensor] | None) -> FileImages:
         """The same files with another per-image transform (run in the loader workers)."""
         return FileImages(self.names, self.labels, self.classes, transform, self.record)
+
+    def subset(self, index: Tensor) -> FileImages:
+        """The files at ``index`` (int64 positions), in that order, with this transform."""
+        return FileImages(
+            self._subset_names(index), self.labels[index], self.classes, self.transform
+        )
 
     def __getitem__(self, index: int) -> tuple[Tensor | None, int]:
         if self.record.failed(index):

@@ -34,6 +34,13 @@ class Items(Dataset[Any]):
         """True when every item has a class label."""
         return len(self.classes) > 0 and bool((self.labels >= 0).all())
 
+    def subset(self, index: Tensor) -> Items:
+        """The items at ``index`` (int64 positions), in that order (each kind implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no subset")
+
+    def _subset_names(self, index: Tensor) -> list[str]:
+        return [self.names[i] for i in index.tolist()]
+
 
 class TensorItems(Items):
     """Samples held in memory as one padded tensor, with the valid length of each.
@@ -70,7 +77,7 @@ class TensorItems(Items):
             self.lengths[index],
             self.labels[index],
             self.classes,
-            [self.names[i] for i in index.tolist()],
+            self._subset_names(index),
         )
 
 

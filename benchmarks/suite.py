@@ -17,6 +17,9 @@ Parts (each reports medians of interleaved repeats, so machine drift hits all va
             the fraction of the pretraining time spent waiting for batches (logged as data_wait)
   e2e       pretraining images/s vs lightly's SimCLR loop (same network, batch, recipe, data)
   flags     channels_last, bf16 autocast and torch.compile, each on and off, for the step
+  flops     the machine's fp32 and bf16 matrix-multiply peak (GFLOP/s) and the GFLOP/s a
+            training step and the bare backbone achieve (forward + backward FLOPs counted by
+            torch.utils.flop_counter), as a fraction of that peak
 
 Without lightly installed, the comparisons with it are reported as skipped.
 """
@@ -48,7 +51,8 @@ from simclr.models.simclr import SimCLR
 from simclr.optim import build_optimizer
 from simclr.train import training_step
 
-PARTS = ("views", "loss", "step", "pipeline", "e2e", "flags")
+PARTS = ("views", "loss", "step", "pipeline", "e2e", "flags", "flops")
+MATMUL_SIZES = (512, 1024, 2048)
 LOSS_SIZES = (256, 1024, 4096)
 LOSS_DIM = 128
 TEMPERATURE = 0.2
@@ -309,6 +313,57 @@ def part_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     }
 
 
+def matmul_peak(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, float]:
+    """GFLOP/s of square matrix products (2 n^3 FLOPs each), median of ``repeats``, per size."""
+    rates = {}
+    for n in MATMUL_SIZES:
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        seconds = interleaved({"mm": lambda a=a, b=b: a @ b}, repeats, device)["mm"]
+        rates[f"n={n}"] = round(2 * n**3 / seconds / 1e9, 1)
+    return rates
+
+
+def counted_flops(fn: Callable[[], Any]) -> int:
+    """Floating-point operations of one call of ``fn`` (matrix products and convolutions,
+    forward and backward), as torch.utils.flop_counter counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def part_flops(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """How far a training step is from the machine's matmul peak, in the recipe's precision."""
+    cfg = recipe(args.recipe, device, args.batch_size)
+    dtype = autocast_for(device)  # what training uses here (fp32 on a CPU: precision auto)
+    full, bare, _ = _step_fixture(cfg, device, channels_last=cfg.model.channels_last, dtype=dtype)
+    flops = {"full_step": counted_flops(full), "bare_backbone": counted_flops(bare)}
+    medians = interleaved({"full_step": full, "bare_backbone": bare}, args.repeats, device)
+    peaks = {
+        "fp32": matmul_peak(torch.float32, device, args.repeats),
+        "bf16": matmul_peak(torch.bfloat16, device, args.repeats),
+    }
+    reference = max((peaks["fp32"] if dtype is None else peaks["bf16"]).values())
+    result: dict[str, Any] = {
+        "recipe": args.recipe,
+        "batch": cfg.train.batch_size,
+        "precision": str(dtype or torch.float32),
+        "threads": torch.get_num_threads(),
+        "matmul_peak_gflop_s": peaks,
+        "peak_used_gflop_s": reference,
+    }
+    for name in ("full_step", "bare_backbone"):
+        achieved = flops[name] / medians[name] / 1e9
+        result[name] = {
+            "gflop": round(flops[name] / 1e9, 3),
+            "seconds": round(medians[name], 4),
+            "achieved_gflop_s": round(achieved, 1),
+            "fraction_of_peak": round(achieved / reference, 3),
+        }
+    return result
+
+
 def part_flags(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     """Step time with each speed flag flipped from the default, measured side by side."""
     cfg = recipe(args.recipe, device, args.batch_size)
@@ -511,6 +566,7 @@ def main() -> None:
         "pipeline": part_pipeline,
         "e2e": part_e2e,
         "flags": part_flags,
+        "flops": part_flops,
     }
     for part in args.parts.split(","):
         if part not in runners:

@@ -106,6 +106,12 @@ def test_finetune_then_distill(run, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "wide"), "--student-width", "0.125"]) == 0
     wider = _last_json(capsys)["student"]
     assert wider["width"] == 0.125 and wider["parameters"] > result["student"]["parameters"]
+    # a timm student of a width-0.0625 ResNet teacher drops the ResNet-only width and stem
+    timm = [*argv, "--out", str(tmp_path / "timm"), "--student-backbone", "timm:test_resnet"]
+    pytest.importorskip("timm")
+    assert main(timm) == 0
+    assert _last_json(capsys)["student"]["backbone"] == "timm:test_resnet"
+    _error_line(capsys, [*timm, "--student-width", "0.5"], "--student-width applies to")
     # A pretraining checkpoint is not a teacher; the finetune output is replaced, not refused.
     _error_line(capsys, ["distill", str(run_dir), "--data", str(folder)], "not a classifier")
     assert main(["finetune", str(run_dir), *data, "--label-fraction", "0.5", *small]) == 0

@@ -643,6 +643,7 @@ class _Student:
             )
             self.description: dict[str, Any] = {"init": "pretrained", "from": encoder.info}
         else:
+            changes.update(_backbone_change(args.student_backbone, args.student_width))
             model = dataclasses.replace(teacher.model, **changes)
             self.config, self.keep = dataclasses.replace(teacher, model=model), 0
             self.classifier = build_classifier(
@@ -656,6 +657,23 @@ class _Student:
             keep_projection_layers=self.keep,
             parameters=sum(p.numel() for p in self.classifier.parameters()),
         )
+
+
+def _backbone_change(backbone: str | None, width: float | None) -> dict[str, Any]:
+    """The teacher's settings a student of another family of backbone cannot keep.
+
+    ``model.width`` and ``model.stem`` apply to the built-in ResNets only, and
+    ``model.backbone_args`` to timm:/tv: backbones only.
+    """
+    from simclr.config import EXTERNAL_BACKBONES
+
+    if backbone is None:
+        return {}
+    if backbone.startswith(EXTERNAL_BACKBONES):
+        if width is not None:
+            raise UserError(f"--student-width applies to the built-in ResNets, not {backbone}")
+        return {"width": 1.0, "stem": "imagenet"}
+    return {"backbone_args": {}}
 
 
 def run_cluster(args: argparse.Namespace) -> int:

@@ -53,7 +53,9 @@ def _train(model: nn.Module, ddp: bool, rows: slice) -> tuple[nn.Module, list[fl
     losses = []
     for step in range(STEPS):
         view1, view2 = _views(step)
-        loss, _ = training_step(wrapped, view1[rows], view2[rows], NTXentLoss(0.2), optimizer, scaler)
+        loss, _ = training_step(
+            wrapped, view1[rows], view2[rows], NTXentLoss(0.2), optimizer, scaler
+        )
         losses.append(float(loss))
     return model, losses
 

@@ -88,7 +88,9 @@ def test_exported_forms_give_the_backbone_features(trained, tmp_path):
     assert all(diff is None or diff < 1e-4 for diff in result["max_abs_diff"].values())
     config = json.loads((out / "config.json").read_text())
     assert config["input"]["shape"] == ["batch", 3, 16, 16] and config["input"]["range"] == [0, 1]
-    assert config["backbone"] == {"name": "resnet18", "width": 0.0625, "stem": "cifar", "args": {}}
+    assert config["backbone"] == {
+        "name": "resnet18", "width": 0.0625, "stem": "cifar", "args": {}, "in_channels": 3
+    }  # fmt: skip
     assert config["pt2"]["dynamic_shapes"] == {"images": [0]}
     reloaded = load_exported_encoder(out)
     program = torch.export.load(out / PT2_FILE).module()
@@ -194,7 +196,7 @@ def test_timm_and_torchvision_backbones_pretrain_evaluate_and_export(
     result = export_encoder(encoder, tmp_path / "exported", formats=("safetensors", "pt2"))
     dim = result["feature_dim"]
     assert embedded["dim"] == dim == encoder.model.feature_dim
-    arch = {"name": backbone, "width": 1.0, "stem": "imagenet", "args": args}
+    arch = {"name": backbone, "width": 1.0, "stem": "imagenet", "args": args, "in_channels": 3}
     assert result["config"]["backbone"] == arch  # what load_exported_encoder rebuilds
     reloaded = load_exported_encoder(tmp_path / "exported")
     program = torch.export.load(tmp_path / "exported" / PT2_FILE).module()

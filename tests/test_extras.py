@@ -27,6 +27,8 @@ OPTIONAL = {
     "umap": ("umap",),
     "trackers": ("wandb", "mlflow"),
     "timm": ("timm",),
+    "explorer": ("plotly",),
+    "tiff": ("tifffile",),
 }
 """The modules each extra brings (their import names)."""
 
@@ -119,6 +121,16 @@ def test_missing_shards_extra_on_the_command_line(tmp_path, capsys, monkeypatch)
     _block(monkeypatch, *OPTIONAL["shards"])
     _missing_extra_error(capsys, ["shards", str(images), str(tmp_path / "shards")], "shards")
     assert not (tmp_path / "shards").exists()
+
+
+def test_missing_tiff_extra_on_the_command_line(tmp_path, capsys, monkeypatch):
+    from tests.deep_images import write_tiff_folder
+
+    stacks = write_tiff_folder(tmp_path / "stacks", channels=5, per_class=4)
+    _block(monkeypatch, *OPTIONAL["tiff"])
+    argv = ["pretrain", "--data", str(stacks), "--out", str(tmp_path / "r")]
+    line = _missing_extra_error(capsys, [*argv, *TINY_FLAGS], "tiff")
+    assert line.startswith("simclr: error: tifffile is needed to read multi-channel")
 
 
 def test_missing_export_extra_on_the_command_line(tmp_path, capsys, monkeypatch):

@@ -8,15 +8,25 @@ import simclr
 PACKAGE = Path(simclr.__file__).parent
 
 LAYERS = [
-    {"errors", "config", "recipes", "runtime", "clock", "distributed", "checkpoint", "metrics"},
+    {
+        "errors",
+        "config",
+        "recipes",
+        "runtime",
+        "clock",
+        "distributed",
+        "checkpoint",
+        "trackers",
+        "metrics",
+    },
     {"run_folder"},
     {"augment"},
     {"data"},
-    {"models", "losses", "optim"},
+    {"models", "losses", "optim", "health"},
     {"viz"},
     {"modalities"},
     {"evaluate"},
-    {"micro_batch", "train", "export"},
+    {"micro_batch", "monitor", "train", "export", "explorer"},
     {"resolve"},
     {"cli_tools", "cli", "__main__", "__init__"},
 ]

@@ -448,7 +448,7 @@ def test_every_run_file_write_fails_in_one_line_and_keeps_the_old_file(tmp_path,
     assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == [path.name]
     monkeypatch.undo()
 
-    log = MetricsLog(tmp_path, tensorboard=False)
+    log = MetricsLog(tmp_path, loggers=())
 
     class FullDisk:
         def write(self, text):

@@ -15,6 +15,7 @@ from simclr.errors import UserError
 from simclr.evaluate.features import Features
 from simclr.train import pretrain
 from tests.conftest import files_capped_at, write_image_folder
+from tests.deep_images import write_tiff_folder
 from tests.test_train import TINY
 
 AUG = AugmentConfig(size=16, jitter_strength=0.5, blur_p=0.5)
@@ -102,6 +103,13 @@ def test_draw_views_of_files_cuts_crops_like_the_loader(tmp_path, record_views):
     out = viz.draw_views(data, AUG, tmp_path / "views.png", num_images=5)
     assert png_size(out) == views_size(4)  # the unreadable file is skipped
     assert record_views == [(4, 2, 3, 16, 16)]  # two crops per image, as TwoCrops cuts them
+
+
+def test_draw_views_of_multichannel_files_shows_three_channels(tmp_path, record_views):
+    root = write_tiff_folder(tmp_path / "tiffs", channels=5, classes=2, per_class=2, size=24)
+    out = viz.draw_views(scan_folder(root), AUG, tmp_path / "views.png", num_images=4)
+    assert png_size(out) == views_size(4)
+    assert record_views == [(4, 2, 5, 16, 16)]  # the views keep all five channels
 
 
 def test_draw_views_rejects_no_rows(tmp_path):

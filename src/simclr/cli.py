@@ -15,7 +15,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, NoReturn
@@ -110,7 +110,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of config overrides")
     flags = parser.add_argument_group("common overrides (shortcuts for --set)")
     for flag, key, kind in _FLAG_KEYS:
-        flags.add_argument(flag, dest=key.replace(".", "__"), type=kind, help=f"sets {key}")
+        help_text = _FLAG_HELP.get(flag, f"sets {key}")
+        flags.add_argument(flag, dest=key.replace(".", "__"), type=kind, help=help_text)
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -121,7 +122,13 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_FLAG_KEYS: list[tuple[str, str, type]] = [
+def _names(text: str) -> list[str]:
+    """``--logger tensorboard,wandb`` -> ``["tensorboard", "wandb"]``; ``none`` -> ``[]``."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return [] if names == ["none"] else names
+
+
+_FLAG_KEYS: list[tuple[str, str, Callable[[str], Any]]] = [
     ("--batch-size", "train.batch_size", int),
     ("--micro-batch", "train.micro_batch_size", int),
     ("--epochs", "train.epochs", int),
@@ -138,7 +145,12 @@ _FLAG_KEYS: list[tuple[str, str, type]] = [
     ("--optimizer", "optim.name", str),
     ("--lr", "optim.lr", float),
     ("--workers", "data.num_workers", int),
+    ("--logger", "train.loggers", _names),
 ]
+
+_FLAG_HELP = {
+    "--logger": "sets train.loggers: tensorboard (default), wandb, mlflow, comma-separated, or none"
+}
 
 
 def _flag_overrides(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -164,6 +176,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from simclr import distributed
     from simclr.config import to_yaml
     from simclr.resolve import resolve_config
+    from simclr.trackers import check_trackers
     from simclr.train import pretrain
 
     if args.resume and args.out is None:
@@ -183,6 +196,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
             if distributed.is_main():
                 print(to_yaml(cfg), end="")
             return 0
+        # a missing tracker package stops the run before its folder is touched
+        distributed.run_on_main(partial(check_trackers, cfg.train.loggers))
         summary = pretrain(cfg, run_dir, resume=args.resume, state=state)
         if distributed.is_main():
             print(json.dumps({"run_dir": str(run_dir), **summary}))

@@ -221,7 +221,25 @@ def _add_map_command(commands: Any) -> None:
     map_.add_argument("--data", required=True, help="data to map (any modality)")
     map_.add_argument("--split", default="test", help="train or test (digits, CIFAR)")
     map_.add_argument("--method", choices=("tsne", "umap"), default="tsne")
-    map_.add_argument("--max-points", type=positive_int, default=5000)
+    map_.add_argument(
+        "--max-points", type=positive_int, help="points mapped at most (PNG 5000, page 2000)"
+    )
+    map_.add_argument(
+        "--html",
+        type=Path,
+        help="write the explorer page instead of the PNG: an HTML file, or a folder to write "
+        "map-<method>.html in (the explorer extra)",
+    )
+    map_.add_argument(
+        "--color",
+        choices=("label", "cluster"),
+        help="page: colour by class or k-means cluster when it opens (default label when "
+        "labelled); a dropdown switches",
+    )
+    map_.add_argument("--k", type=positive_int, help="page: k-means clusters (default: classes)")
+    map_.add_argument(
+        "--thumbnail-px", type=positive_int, default=48, help="page: preview size (8 to 256)"
+    )
     map_.set_defaults(run=run_map)
 
 
@@ -788,10 +806,16 @@ def run_plot(args: argparse.Namespace) -> int:
 
 
 def run_map(args: argparse.Namespace) -> int:
-    """``simclr map``: t-SNE (or UMAP) of the embeddings, coloured by label."""
+    """``simclr map``: t-SNE (or UMAP) of the embeddings, a PNG by label or the explorer page."""
     from simclr.checkpoint import run_dir_of
     from simclr.viz import draw_map
 
+    if args.html is not None:
+        if args.out is not None:
+            raise UserError("give --out (the PNG) or --html (the explorer page), not both")
+        return _run_explorer(args)
+    if args.color is not None or args.k is not None:
+        raise UserError("--color and --k colour the explorer page; add --html OUT.html")
     ctx = _Context(args)
     default = run_dir_of(Path(ctx.encoder.info["path"])) / f"map-{args.method}.png"
     out = output_path(args.out, default, suffixes=(".png",))
@@ -802,7 +826,39 @@ def run_map(args: argparse.Namespace) -> int:
         class_names=dataset.classes or None,
         method=args.method,
         seed=ctx.config.train.seed,
-        max_points=args.max_points,
+        max_points=args.max_points or 5000,
+    )
+    print(path)
+    return 0
+
+
+def _run_explorer(args: argparse.Namespace) -> int:
+    """``simclr map --html``: the explorer page (see :mod:`simclr.explorer`)."""
+    from simclr.checkpoint import run_dir_of
+    from simclr.errors import require
+    from simclr.explorer import EXPLORER_MAX_POINTS, write_explorer
+
+    require("plotly", "explorer", "for simclr map --html (the explorer page)")  # before any work
+    html: Path = args.html
+    if not html.is_dir() and html.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--html {html}: give an .html file or an existing folder")
+    out = output_path(html, Path(f"map-{args.method}.html"), suffixes=(".html", ".htm"))
+    ctx = _Context(args)
+    checkpoint = Path(ctx.encoder.info["path"])
+    weights = " (random init)" if args.random_init else ""
+    features, dataset, _ = ctx.features(args.data, args.split, labelled=False)
+    path = write_explorer(
+        features,
+        dataset,
+        ctx.modality,
+        out,
+        method=args.method,
+        seed=ctx.config.train.seed,
+        max_points=args.max_points or EXPLORER_MAX_POINTS,
+        color=args.color,
+        k=args.k,
+        thumbnail_px=args.thumbnail_px,
+        title=f"embedding explorer: {run_dir_of(checkpoint).name}/{checkpoint.name}{weights}",
     )
     print(path)
     return 0

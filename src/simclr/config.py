@@ -29,7 +29,7 @@ class DataConfig:
 
     path: str = "digits"
     """The training data, read by the modality: for images an image folder (class subfolders or
-    flat), a torchvision CIFAR root, a ``.npy``/``.npz`` file of uint8 images, the built-in
+    flat), a torchvision CIFAR root, a ``.npy``/``.npz`` file of images, the built-in
     ``digits``, or WebDataset shards (their ``shards.json``, by path or URL, or its folder;
     written by ``simclr shards``); see docs/modalities.md for the others."""
     in_memory: str = "auto"
@@ -128,6 +128,9 @@ class AugmentConfig:
         )
 
 
+LOGGERS = ("tensorboard", "wandb", "mlflow")
+"""The trackers ``train.loggers`` may name (:mod:`simclr.trackers`)."""
+
 EXTERNAL_BACKBONES = ("timm:", "tv:")
 """Prefixes of ``model.backbone`` names built by another library: ``timm:NAME`` (any timm model)
 and ``tv:NAME`` (a torchvision classification model), see :mod:`simclr.models.external`."""
@@ -147,6 +150,14 @@ class ModelConfig:
     stem: str = "imagenet"
     """``imagenet`` (7x7 stride-2 conv + max-pool) or ``cifar`` (3x3 stride-1 conv, no pool);
     built-in ResNets only: must stay ``imagenet`` for ``timm:``/``tv:`` backbones."""
+    in_channels: int | None = None
+    """Channels of the images the encoder's first convolution takes. ``None``: as many as the
+    training images have (3 for RGB, grey and photographs; C for multi-channel TIFFs and arrays),
+    recorded in the checkpoint (its fitted preprocessing) so that evaluation and export rebuild
+    the same encoder. Set it for data that is not opened before the model is built (shards,
+    datasets given to :func:`simclr.train.pretrain`); data with another count is an error.
+    ``timm:`` backbones get it as ``in_chans``; a ``tv:`` model gets its first convolution
+    rebuilt for it."""
     backbone_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of a ``timm:``/``tv:`` model's constructor, e.g. ``img_size: 32`` for a
     timm ViT (torchvision's: ``image_size``) trained at another size than 224 px, or
@@ -266,6 +277,11 @@ class TrainConfig:
     0 keeps none."""
     log_every: int = 10
     progress: bool = True
+    loggers: tuple[str, ...] = ("tensorboard",)
+    """Where the logged numbers, the config and the final kNN go besides ``metrics.jsonl``
+    (``--logger tensorboard,wandb,mlflow``): any of :data:`LOGGERS`, empty (``--logger none``)
+    for ``metrics.jsonl`` alone. W&B and MLflow need the ``trackers`` extra; see
+    :mod:`simclr.trackers` for their projects, stores and environment variables."""
 
 
 @dataclass(frozen=True)
@@ -638,6 +654,7 @@ def validate(config: Config) -> None:
         (o.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (m.width > 0, f"model.width must be > 0 (got {m.width})"),
         (m.stem in ("imagenet", "cifar"), "model.stem must be imagenet or cifar"),
+        (m.in_channels is None or m.in_channels >= 1, "model.in_channels must be at least 1"),
         (m.head in ("v1", "v1-bn", "v2"), "model.head must be v1, v1-bn or v2"),
         (a.size >= 8, f"augment.size must be at least 8 px (got {a.size})"),
         (
@@ -681,11 +698,24 @@ def validate(config: Config) -> None:
     for p_name in ("flip_p", "jitter_p", "grayscale_p", "blur_p"):
         p = getattr(a, p_name)
         checks.append((0 <= p <= 1, f"augment.{p_name} must be a probability (got {p})"))
+    checks.append(_loggers_check(t.loggers))
     for ok, message in checks:
         if not ok:
             raise UserError(message)
     if config.eval.every is not None:
         parse_interval(config.eval.every, "eval.every (--eval-every)")
+
+
+def _loggers_check(names: tuple[str, ...]) -> tuple[bool, str]:
+    """(condition, message) for ``train.loggers``: known names, each once."""
+    unknown = [name for name in names if name not in LOGGERS]
+    if unknown:
+        return False, (
+            f"unknown logger {unknown[0]!r} in train.loggers (--logger); choose from "
+            f"{', '.join(LOGGERS)}, comma-separated, or none"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    return not repeated, f"train.loggers names {', '.join(repeated)} more than once"
 
 
 def _plain(value: Any) -> Any:

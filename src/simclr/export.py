@@ -48,7 +48,7 @@ from simclr.data.datasets import TensorImages, decode_image
 from simclr.data.items import Items
 from simclr.errors import UserError, first_line, require
 from simclr.evaluate.features import Encoder, Features, dataset_features, extract_features
-from simclr.models import create_backbone
+from simclr.models import create_backbone, input_channels
 
 INDEX_FORMATS = ("csv", "parquet")
 EXPORT_FORMATS = ("safetensors", "pt2", "onnx", "torchscript")
@@ -263,8 +263,13 @@ def neighbors(
     except Exception as err:  # noqa: BLE001 - any decoding failure (a bomb too) is one line
         raise UserError(f"cannot read query image {query_image}: {first_line(err)}") from None
     if note is not None:
-        log.warning("query image %s holds %s; precision is reduced to 8 bits", query_image, note)
+        log.warning("query image %s holds %s", query_image, note)
     image = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    channels = input_channels(encoder.model.backbone)
+    if image.shape[0] != channels:
+        raise UserError(
+            f"query image {query_image} has {image.shape[0]} channels; the encoder takes {channels}"
+        )
     query = _embed_one(encoder, image, layer=made_by["layer"], device=device)
     matrix = np.load(embedded, mmap_mode="r")
     names = _read_index_paths(embedded.with_name(metadata["files"]["index"]))
@@ -324,7 +329,8 @@ def export_encoder(
         ``feature_dim``, ``config`` (the content of ``config.json``) and ``protocol``.
 
     Shape:
-        every exported model maps float ``[B, 3, S, S]`` in [0, 1] to float ``[B, D]``.
+        every exported model maps float ``[B, C, S, S]`` in [0, 1] to float ``[B, D]`` (C = 3
+        for RGB; the channels of the training data otherwise, ``config.json``'s ``input``).
 
     Raises:
         WriteFailed: a file cannot be written (one line naming it and the reason).
@@ -346,13 +352,14 @@ def export_encoder(
     backbone = copy.deepcopy(encoder.model.backbone).cpu().float().eval()
     module = _Representation(backbone).eval()
     size = encoder.config.augment.size
+    channels = input_channels(backbone)
     generator = torch.Generator().manual_seed(0)
-    example = torch.rand(2, 3, size, size, generator=generator)
+    example = torch.rand(2, channels, size, size, generator=generator)
     # other batch sizes than traced: a baked-in batch size (or a lost dynamic axis) shows
-    checks = [torch.rand(n, 3, size, size, generator=generator) for n in (3, 1)]
+    checks = [torch.rand(n, channels, size, size, generator=generator) for n in (3, 1)]
     with torch.no_grad():
         references = [module(images) for images in checks]
-    config = _export_config(encoder, feature_dim=references[0].shape[1])
+    config = _export_config(encoder, feature_dim=references[0].shape[1], channels=channels)
     files: dict[str, str] = {}
     diffs: dict[str, float | None] = {}
     if "safetensors" in formats:
@@ -402,7 +409,7 @@ def load_exported_encoder(out_dir: Path) -> nn.Module:
     Needs this package (for the architecture) but no checkpoint. The module is in eval mode.
 
     Shape:
-        float ``[B, 3, S, S]`` in [0, 1] -> ``[B, feature_dim]``.
+        float ``[B, C, S, S]`` in [0, 1] -> ``[B, feature_dim]``.
     """
     out_dir = Path(out_dir)
     try:
@@ -414,7 +421,11 @@ def load_exported_encoder(out_dir: Path) -> nn.Module:
     if not weights.is_file():
         raise UserError(f"{out_dir} has no {WEIGHTS_FILE}; export with the safetensors format")
     backbone, _ = create_backbone(
-        arch["name"], width=arch["width"], stem=arch["stem"], args=arch.get("args")
+        arch["name"],
+        width=arch["width"],
+        stem=arch["stem"],
+        args=arch.get("args"),
+        in_channels=int(arch.get("in_channels", 3)),
     )
     safetensors_torch = _optional_module("safetensors.torch", "to read safetensors")
     try:
@@ -432,7 +443,7 @@ class _Representation(nn.Module):
         self.backbone = backbone
 
     def forward(self, images: Tensor) -> Tensor:
-        """Shape: ``[B, 3, S, S]`` -> ``[B, D]``."""
+        """Shape: ``[B, C, S, S]`` -> ``[B, D]``."""
         features: Tensor = self.backbone(images)
         return features.flatten(1)
 
@@ -444,9 +455,10 @@ def _write_config(out_dir: Path, config: dict[str, Any], files: dict[str, str]) 
     )
 
 
-def _export_config(encoder: Encoder, *, feature_dim: int) -> dict[str, Any]:
+def _export_config(encoder: Encoder, *, feature_dim: int, channels: int = 3) -> dict[str, Any]:
     model = to_dict(encoder.config)["model"]
     size = encoder.config.augment.size
+    rgb = channels == 3
     return {
         "format": "simclr-encoder",
         "format_version": EXPORT_FORMAT_VERSION,
@@ -455,19 +467,22 @@ def _export_config(encoder: Encoder, *, feature_dim: int) -> dict[str, Any]:
             "width": model["width"],
             "stem": model["stem"],
             "args": model["backbone_args"],
+            "in_channels": channels,
         },
         "feature_dim": int(feature_dim),
         "augment_size": size,
         "model_config": model,
         "input": {
             "name": "images",
-            "shape": ["batch", 3, size, size],
+            "shape": ["batch", channels, size, size],
             "layout": "NCHW",
             "dtype": "float32",
             "range": [0.0, 1.0],
-            "channels": "RGB",
-            "normalisation": "none: pixel / 255, no mean or std subtraction",
-            "preprocessing": f"RGB; when the shorter side exceeds {size} px, resize it to "
+            "channels": "RGB" if rgb else f"{channels} channels, in the order the data has them",
+            "normalisation": "none: 8-bit pixel / 255, 16-bit / 65535, floats as they are; no "
+            "mean or std subtraction",
+            "preprocessing": f"{'RGB' if rgb else f'{channels} channels'}; when the shorter "
+            f"side exceeds {size} px, resize it to "
             f"round({size} / 0.875) and centre-crop {size} x {size}; otherwise resize to "
             f"{size} x {size}; bilinear with antialiasing",
         },

@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = (
     "train.checkpoint_every",
     "train.log_every",
     "train.progress",
+    "train.loggers",
     "train.device",
     "train.precision",
     "train.compile",

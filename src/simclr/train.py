@@ -46,6 +46,7 @@ from simclr.metrics import MetricsLog
 from simclr.micro_batch import check_micro_batch, micro_batch_step
 from simclr.modalities import modality_for, resolve_modality
 from simclr.modalities.base import Batch, Fitted, Modality, ViewGenerator
+from simclr.models.backbones import memory_format_for
 from simclr.models.batchnorm import use_global_batchnorm
 from simclr.models.simclr import SimCLR
 from simclr.monitor import PeriodicKnn
@@ -63,6 +64,7 @@ from simclr.runtime import (
     resolve_device,
     resolve_precision,
 )
+from simclr.trackers import log_final
 
 log = logging.getLogger("simclr")
 
@@ -105,6 +107,8 @@ class Run:
     """Step of the last checkpoint written (or resumed from); ``None`` before the first."""
     restarted: bool = False
     """Whether this run continues a folder with earlier metrics (their later steps are hidden)."""
+    memory_format: torch.memory_format = torch.contiguous_format
+    """Of the model and its 4-D inputs (``model.channels_last``, where safe)."""
     periodic_knn: PeriodicKnn | None = None
     """The kNN during training (``eval.every``), or ``None``."""
     health: TrainingHealth | None = None
@@ -133,11 +137,6 @@ class Run:
     def best_path(self) -> Path:
         """``run_dir/checkpoints/best.pt``: the checkpoint of the best periodic kNN."""
         return self.run_dir / "checkpoints" / BEST
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """The memory format of 4-D inputs (``model.channels_last``)."""
-        return torch.channels_last if self.cfg.model.channels_last else torch.contiguous_format
 
 
 def pretrain(
@@ -175,7 +174,10 @@ def pretrain(
     run = setup_run(cfg, run_dir, resume=resume, dataset=dataset, fitted=fitted, state=state)
     try:
         train_loop(run)
-        return finish_run(run)
+        summary = finish_run(run)
+        if distributed.is_main():  # the final kNN to W&B, MLflow, TensorBoard
+            log_final(run.run_dir, run.cfg.train.loggers, summary)
+        return summary
     finally:
         run.lock.release()
 
@@ -249,7 +251,10 @@ def _build_run(
     eval_sets = _eval_datasets(cfg, modality, dataset)  # fail before training, not after
     if state is not None:
         load_weights(model, state["model"], f"cannot resume {run_dir / 'checkpoints' / LATEST}")
-    model, train_model, optimizer, scaler = _training_parts(model, cfg, device, precision)
+    memory_format = memory_format_for(model, device, cfg.model.channels_last)
+    model, train_model, optimizer, scaler = _training_parts(
+        model, cfg, device, precision, memory_format
+    )
     if state is not None:
         _restore(optimizer, state, "optimizer", run_dir)
         if state["scaler"]:  # empty when saved without fp16 (a changed precision starts afresh)
@@ -279,6 +284,7 @@ def _build_run(
         lock=lock,
         restarted=restarted,
         health=TrainingHealth(tcfg.batch_size, cfg.model.head_out_dim),
+        memory_format=memory_format,
     )
     if state is not None:
         run.step, run.elapsed = int(state["step"]), float(state["elapsed_s"])
@@ -312,7 +318,11 @@ def train_loop(run: Run) -> None:
     tcfg = run.cfg.train
     main = distributed.is_main()
     purge = run.step + 1 if run.restarted else None
-    metrics = MetricsLog(run.run_dir, purge_step=purge) if main else None
+    metrics = (
+        MetricsLog(run.run_dir, loggers=tcfg.loggers, purge_step=purge, config=to_dict(run.cfg))
+        if main
+        else None
+    )
     clock = StepClock(run.step, run.elapsed, run.seconds_per_step)
     window = ThroughputWindow(run.step)
     stop = StopRequest()
@@ -631,6 +641,7 @@ def _training_parts(
     cfg: Config,
     device: torch.device,
     precision: str,
+    memory_format: torch.memory_format,
 ) -> tuple[SimCLR, nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
     """The model in its training form, the module the loop calls, the optimizer and scaler.
 
@@ -641,7 +652,6 @@ def _training_parts(
     world = distributed.world_size()
     if world > 1 and cfg.train.sync_batchnorm:
         model = use_global_batchnorm(model, device.type)
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optim, cfg.train.batch_size)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -24,7 +24,13 @@ from simclr.augment.loader import TwoCrops, eval_resize
 from simclr.augment.views import SimCLRViews
 from simclr.checkpoint import write_atomic
 from simclr.config import AugmentConfig
-from simclr.data.datasets import FileImages, ImageDataset, TensorImages, read_image
+from simclr.data.datasets import (
+    FileImages,
+    ImageDataset,
+    TensorImages,
+    display_channels,
+    read_image,
+)
 from simclr.errors import UserError, require
 from simclr.metrics import read_metrics
 
@@ -130,7 +136,7 @@ def draw_views(
     for row, index in enumerate(kept):
         for col, image in enumerate((originals[row], first[row], second[row])):
             ax = axes[row, col]
-            ax.imshow(image.permute(1, 2, 0).numpy(), interpolation=smooth)
+            ax.imshow(display_channels(image).permute(1, 2, 0).numpy(), interpolation=smooth)
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row, 0].set_ylabel(

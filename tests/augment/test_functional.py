@@ -285,3 +285,20 @@ def test_cuda_matches_cpu():
     for name, out in gpu.items():
         assert out.device.type == "cuda"
         assert (out.cpu() - cpu[name]).abs().max() < 1e-4, name
+
+
+def test_colour_jitter_on_other_channel_counts():
+    """Brightness and contrast run on any C (contrast: the mean over channels); hue needs RGB."""
+    images = torch.rand(4, 5, 8, 8, generator=torch.Generator().manual_seed(0))
+    params = sample_view_params(4, 8, 8, AugmentConfig(jitter_p=1.0), torch.Generator())
+    out = AF.color_jitter(images, params, (True, True, False, False))
+    assert out.shape == images.shape and not torch.equal(out, images)
+    factor = torch.tensor([0.5, 1.0, 1.5, 0.0])
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    expected = images * factor.view(-1, 1, 1, 1) + mean * (1 - factor.view(-1, 1, 1, 1))
+    assert torch.allclose(AF.adjust_contrast(images, factor), expected.clamp(0, 1), atol=1e-6)
+    for active in ((False, False, True, False), (False, False, False, True)):
+        with pytest.raises(ValueError, match="RGB"):
+            AF.color_jitter(images, params, active)
+    with pytest.raises(ValueError, match="RGB"):
+        AF.grayscale(images, torch.ones(4, dtype=torch.bool))

@@ -23,12 +23,14 @@ def test_two_crops_shape_dtype_and_independence():
     assert gray.shape == (2, 1, 32, 32)
 
 
-def test_two_crops_accepts_pil_and_rejects_floats():
+def test_two_crops_accepts_pil_and_floats_and_rejects_other_types():
     crops = TwoCrops(AugmentConfig(size=16))
     pil = PIL.Image.fromarray(uint8_image(30, 20, 3).numpy())
     assert crops(pil).shape == (2, 3, 16, 16)
+    deep = crops(torch.rand(5, 30, 20))  # high bit depth, five channels: kept as they are
+    assert deep.shape == (2, 5, 16, 16) and deep.dtype == torch.float32
     with pytest.raises(ValueError):
-        crops(torch.rand(3, 30, 20))
+        crops(torch.zeros(3, 30, 20, dtype=torch.int32))
 
 
 def test_eval_resize_large_image_resizes_then_centre_crops():

@@ -32,8 +32,8 @@ def test_gray_and_float_inputs():
     assert a.shape == (3, 3, 16, 16)
     a, _ = views(torch.rand(3, 3, 20, 20, dtype=torch.float64))
     assert a.dtype == torch.float32
-    with pytest.raises(ValueError):
-        views(uint8_images(3, 4, 20, 20))
+    a, _ = views(uint8_images(3, 4, 20, 20))  # other channel counts are kept
+    assert a.shape == (3, 4, 16, 16)
     with pytest.raises(ValueError):
         views(uint8_images(3, 20, 20))
     with pytest.raises(TypeError):
@@ -206,3 +206,50 @@ def test_runs_on_cuda_with_cuda_generator():
     assert torch.equal(views(images)[0], first[0])
     with pytest.raises(RuntimeError):
         views(images.cpu())
+
+
+# --- images that are not RGB (issue 16) ----------------------------------------------------------
+
+
+def test_identical_channels_stay_identical_through_every_stage():
+    """Crop, flip, brightness, contrast and blur treat the C channels of an image alike."""
+    cfg = AugmentConfig(size=16, jitter_p=1.0, blur_p=1.0, flip_p=0.5)
+    one = torch.rand(6, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    for channels in (2, 4, 5):
+        a, b = SimCLRViews(cfg, seed=1)(one.expand(-1, channels, -1, -1))
+        for view in (a, b):
+            assert view.shape == (6, channels, 16, 16)
+            assert torch.equal(view, view[:, :1].expand_as(view))
+
+
+def test_views_of_other_channel_counts_skip_hue_saturation_and_grayscale():
+    """With only RGB operations in the recipe, C != 3 gets the geometric stages alone."""
+    images = uint8_images(6, 5, 24, 24)
+    rgb_only = AugmentConfig(
+        size=16, jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=0.8, hue=0.5,
+        grayscale_p=1.0, blur_p=0.0,
+    )  # fmt: skip
+    geometric = AugmentConfig(size=16, **{**OFF, "flip_p": 0.5})
+    ours = SimCLRViews(rgb_only, seed=4)(images)
+    plain = SimCLRViews(geometric, seed=4)(images)  # same draws: same boxes and flips
+    for got, want in zip(ours, plain, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_the_first_three_of_four_channels_see_the_rgb_views_without_rgb_operations():
+    """The same seed gives the same crop, flip, brightness and blur whatever the channels."""
+    cfg = AugmentConfig(
+        size=16, jitter_p=1.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=0.0, blur_p=0.5
+    )
+    four = uint8_images(6, 4, 24, 24)
+    rgb_views = SimCLRViews(cfg, seed=2)(four[:, :3].contiguous())
+    four_views = SimCLRViews(cfg, seed=2)(four)
+    for rgb, wide in zip(rgb_views, four_views, strict=True):
+        assert torch.allclose(wide[:, :3], rgb, atol=1e-6)
+
+
+def test_float_views_keep_sixteen_bit_steps():
+    steps = torch.arange(24 * 24, dtype=torch.float32).view(1, 1, 24, 24) / 65535
+    cfg = AugmentConfig(size=24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **OFF)
+    a, _ = SimCLRViews(cfg)(steps.expand(2, 5, -1, -1))
+    assert a.dtype == torch.float32 and (a - steps).abs().max() < 1e-7

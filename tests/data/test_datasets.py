@@ -97,10 +97,10 @@ def test_numpy_arrays(tmp_path):
     assert data.images.shape == (6, 3, 20, 20)
     assert torch.equal(data.images[2, 1], torch.from_numpy(gray[2]))
     assert data.classes == ["0", "1", "2"]
-    rgba = np.zeros((2, 8, 8, 4), dtype=np.uint8)
-    assert array_dataset(rgba, size=8).images.shape == (2, 3, 8, 8)
-    with pytest.raises(UserError, match="uint8"):
-        array_dataset(gray.astype(np.float32))
+    four = np.zeros((2, 8, 8, 4), dtype=np.uint8)  # four channels, not RGBA
+    assert array_dataset(four, size=8).images.shape == (2, 4, 8, 8)
+    with pytest.raises(UserError, match="numbers"):
+        array_dataset(gray.astype(str))
     np.savez(tmp_path / "set.npz", images=gray, labels=np.arange(6) % 2)
     assert build_dataset(str(tmp_path / "set.npz"), size=20).has_labels
     np.save(tmp_path / "set.npy", gray)
@@ -137,3 +137,109 @@ def test_torchvision_cifar_layout(tmp_path, monkeypatch):
     test = build_dataset(str(folder), split="test", size=32)
     assert len(train) == 20 and len(test) == 4
     assert train.classes[:2] == ["c0", "c1"] and train.has_labels
+
+
+# --- images that are not 8-bit RGB (issue 16) ----------------------------------------------------
+
+
+def test_16_bit_pngs_keep_differences_below_one_255th(tmp_path):
+    from simclr.augment import SimCLRViews
+    from simclr.config import AugmentConfig
+
+    from ..deep_images import write_png16
+
+    steps = (np.arange(16 * 16).reshape(16, 16) * 3 + 30000).astype(np.uint16)  # 3/65535 apart
+    write_png16(tmp_path / "deep" / "a" / "grey.png", steps)
+    colour = np.stack([steps, steps + 1, steps + 2], axis=-1)  # channels 1/65535 apart
+    write_png16(tmp_path / "deep" / "a" / "rgb.png", colour)
+    data = build_dataset(str(tmp_path / "deep"), size=16)
+    assert isinstance(data, TensorImages) and data.channels == 3
+    assert data.images.dtype == torch.float32 and data.images.shape == (2, 3, 16, 16)
+    grey, rgb = data.images[0], data.images[1]
+    want = torch.from_numpy(steps / 65535).float()
+    assert torch.equal(grey[0], want) and torch.equal(grey[2], want)  # grey repeated to RGB
+    assert torch.allclose(rgb, torch.from_numpy(colour / 65535).permute(2, 0, 1).float())
+    assert 0 < (rgb[1] - rgb[0]).min() < 1 / 255  # would be lost in 8 bits
+    # views without colour operations (whole-image crop at the same size): nothing is rounded
+    still = dict(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    cfg = AugmentConfig(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), **still)
+    view, _ = SimCLRViews(cfg)(data.images)
+    assert (view - data.images).abs().max() < 1e-6
+    assert len(torch.unique(view[0, 0])) == 256  # every 3/65535 step survives
+    # the same files decoded on demand (photographs) are float too
+    files = build_dataset(str(tmp_path / "deep"), size=16, in_memory="never")
+    assert isinstance(files, FileImages) and torch.equal(files[1][0], rgb)
+
+
+def test_8_bit_files_and_arrays_keep_the_uint8_path(image_folder):
+    data = build_dataset(str(image_folder), size=16)
+    assert data.images.dtype == torch.uint8 and data.channels == 3
+    cifar_like = np.zeros((4, 12, 12, 3), dtype=np.uint8)
+    assert array_dataset(cifar_like, size=12).images.dtype == torch.uint8
+
+
+def test_multichannel_tiff_stacks_keep_every_channel_and_bit(tmp_path):
+    from ..deep_images import write_tiff_folder
+
+    root = write_tiff_folder(tmp_path / "stacks", channels=5, size=16)
+    data = build_dataset(str(root), size=16)
+    assert isinstance(data, TensorImages) and data.channels == 5
+    assert data.images.shape == (12, 5, 16, 16) and data.images.dtype == torch.float32
+    tifffile = pytest.importorskip("tifffile")
+    stack = tifffile.imread(root / "class_1" / "2.tif")
+    assert torch.equal(data.images[6 + 2], torch.from_numpy(stack / 65535).float())
+    files = build_dataset(str(root), size=8, in_memory="never")
+    assert isinstance(files, FileImages) and files.channels == 5
+    assert files[0][0].shape == (5, 16, 16)
+
+
+def test_arrays_keep_channels_and_precision():
+    rng = np.random.default_rng(0)
+    first = rng.random((3, 4, 10, 10)).astype(np.float32)  # (N, C, S, S) floats, kept as they are
+    data = array_dataset(first, size=10)
+    assert data.channels == 4 and torch.equal(data.images, torch.from_numpy(first))
+    last = (rng.random((3, 10, 10, 6)) * 65535).astype(np.uint16)  # (N, H, W, C), 16-bit
+    data = array_dataset(last, size=10)
+    assert data.images.shape == (3, 6, 10, 10)
+    assert torch.allclose(data.images, torch.from_numpy(last / 65535).permute(0, 3, 1, 2).float())
+    with pytest.raises(UserError, match="NaN"):
+        array_dataset(np.full((2, 8, 8), np.nan, dtype=np.float32))
+
+
+def test_a_folder_mixing_channel_counts_names_an_example_of_each(tmp_path):
+    from ..deep_images import channel_stack
+
+    tifffile = pytest.importorskip("tifffile")
+    root = tmp_path / "mixed"
+    (root / "a").mkdir(parents=True)
+    Image.new("RGB", (16, 16)).save(root / "a" / "photo.png")
+    stack = channel_stack(np.random.default_rng(0), 5, 16, 0)
+    tifffile.imwrite(root / "a" / "stack.tif", stack, photometric="minisblack")
+    with pytest.raises(UserError) as raised:
+        build_dataset(str(root))
+    message = str(raised.value)
+    assert "\n" not in message and "photo.png" in message and "stack.tif" in message
+    assert "3 channels" in message and "5 channels" in message
+
+
+def test_the_channel_check_reads_no_jpeg_or_png(image_folder, monkeypatch):
+    from simclr.data import datasets
+
+    def no_reading(path):
+        raise AssertionError(f"{path} was opened to count its channels")
+
+    monkeypatch.setattr(datasets, "probe_image", no_reading)
+    assert datasets.scan_folder(image_folder).channels == 3
+
+
+def test_display_channels_gives_three_of_any_count():
+    from simclr.data.datasets import display_channels
+
+    rgb = torch.rand(2, 3, 4, 4)
+    assert display_channels(rgb) is rgb
+    grey = display_channels(torch.rand(2, 1, 4, 4))
+    assert grey.shape == (2, 3, 4, 4) and torch.equal(grey[:, 0], grey[:, 2])
+    two = torch.tensor([[[[0]], [[200]]]], dtype=torch.uint8)  # [1, 2, 1, 1]
+    assert display_channels(two).flatten().tolist() == [100, 100, 100]  # their mean, in grey
+    five = torch.rand(5, 8, 8)
+    assert torch.equal(display_channels(five), five[:3])  # the first three as R, G, B

@@ -91,3 +91,37 @@ def test_zero_init_residual_from_the_config():
         blocks = [m for m in model.backbone.modules() if isinstance(m, BasicBlock)]
         assert len(blocks) == 8
         assert all(bool((b.bn2.weight == 0).all()) is flag for b in blocks)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet50-1x", "resnet50-1x-sk"])
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])
+def test_backbones_take_any_number_of_channels(name, stem):
+    from simclr.models import input_channels
+
+    width = 0.125 if "-" not in name else 1.0
+    model, dim = create_backbone(name, width=width, stem=stem, in_channels=5)
+    assert input_channels(model) == 5 and model(torch.rand(2, 5, 32, 32)).shape == (2, dim)
+    rgb, _ = create_backbone(name, width=width, stem=stem)
+    assert input_channels(rgb) == 3
+
+
+def test_the_config_and_the_model_agree_on_channels():
+    from simclr.models import input_channels
+
+    cfg = ModelConfig(backbone="resnet18", width=0.125, stem="cifar", in_channels=2)
+    assert input_channels(SimCLR.from_config(cfg).backbone) == 2
+    assert input_channels(SimCLR.from_config(ModelConfig(width=0.125)).backbone) == 3
+
+
+def test_channels_last_is_left_off_where_the_cpu_backward_mishandles_it(caplog):
+    from simclr.models.backbones import memory_format_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    narrow, _ = create_backbone("resnet18", width=0.0625, stem="cifar")  # 4-channel 1x1, stride 2
+    usual, _ = create_backbone("resnet18", width=0.25, stem="cifar")
+    assert memory_format_for(usual, cpu, True) == torch.channels_last
+    assert memory_format_for(usual, cpu, False) == torch.contiguous_format
+    assert memory_format_for(narrow, cuda, True) == torch.channels_last  # a CPU kernel's bug
+    with caplog.at_level("INFO", logger="simclr"):
+        assert memory_format_for(narrow, cpu, True) == torch.contiguous_format
+    assert "channels_last is left off" in caplog.text

@@ -114,3 +114,24 @@ def test_a_vit_built_for_another_size_fails_at_build_not_at_the_first_step():
     model = SimCLR.from_config(cfg.model)  # the Python API builds it as asked
     check_image_size(model.backbone, "tv:vit_b_16", 224, model.feature_dim)
     assert model.backbone.training  # the probe restores the mode
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("timm:test_resnet", {}),
+        ("tv:resnet18", {}),
+        ("tv:mobilenet_v3_small", {}),  # the stem is nested: features[0][0]
+        ("tv:vit_b_16", {"image_size": 32}),  # the patch embedding is the first convolution
+    ],
+)
+def test_external_backbones_take_any_number_of_channels(name, args):
+    from simclr.models import input_channels
+
+    if name.startswith("timm:"):
+        _timm()
+    torch.manual_seed(0)
+    model, dim = create_backbone(name, args=args, in_channels=4)
+    assert input_channels(model) == 4 and model(torch.rand(2, 4, 32, 32)).shape == (2, dim)
+    with pytest.raises(UserError, match="in_chans"):
+        create_backbone(name, args={**args, "in_chans": 4})

@@ -14,6 +14,13 @@ Each kernel matches the corresponding single-image operation of
 (bilinear crop, blur and hue within about 1e-5, point operations exactly or within 1e-6).
 The recipe is appendix A of Chen et al. 2020 (arXiv 2002.05709).
 
+Any number of channels C: the geometric kernels (crop, flip), the blur, brightness and contrast
+treat every channel alike, with one factor per sample (contrast blends with the mean gray level,
+which for C != 3 is the mean over all channels and pixels). Hue, saturation and grayscale are
+defined for RGB only (C = 3) and refuse other inputs; :class:`~simclr.augment.SimCLRViews` skips
+them for C != 3. Values are floats whose working range is [0, 1] (uint8 images divided by 255,
+16-bit ones by 65535, see :func:`to_float`): every colour operation clips to it.
+
 The operations of the official TensorFlow code that differ from torchvision's are here too,
 selected by :class:`~simclr.config.AugmentConfig` (see docs/design.md, "Fidelity to the
 official code"): TensorFlow's bicubic resizes (:func:`resized_crop` with ``interpolation``),
@@ -52,6 +59,32 @@ def _per_sample(values: Tensor, images: Tensor) -> Tensor:
 def _check_rgb(images: Tensor, name: str) -> None:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"{name} needs RGB images [B, 3, H, W], got shape {tuple(images.shape)}")
+
+
+def _check_batch(images: Tensor, name: str) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"{name} needs images [B, C, H, W], got shape {tuple(images.shape)}")
+
+
+def to_float(images: Tensor, *, copy: bool = True) -> Tensor:
+    """float32 pixels for the views and the encoder: uint8 divided by 255, floats as they are.
+
+    Float images are taken to be on the [0, 1] scale already: the readers divide 16-bit
+    images by 65535 and keep float data as it is (:mod:`simclr.data.datasets`).
+
+    Args:
+        images: uint8 or floating-point images.
+        copy: Always return a new buffer (the colour stages then work in place); without it a
+            float32 input is returned as it is.
+
+    Raises:
+        TypeError: another dtype.
+    """
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255)
+    if images.is_floating_point():
+        return images.to(torch.float32, copy=copy)
+    raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
 
 
 CPU_GROUP_PIXELS = 1 << 18
@@ -355,16 +388,30 @@ def adjust_brightness(images: Tensor, factor: Tensor) -> Tensor:
     return (images * _per_sample(factor, images)).clamp_(0, 1)
 
 
+def gray_level(images: Tensor) -> Tensor:
+    """The gray level of each pixel: the luma for RGB, the mean over channels otherwise.
+
+    Shape:
+        - images: ``[B, C, H, W]``
+        - output: ``[B, 1, H, W]``
+    """
+    if images.shape[1] == 3:
+        return rgb_to_gray(images)
+    return images.mean(dim=1, keepdim=True)
+
+
 def adjust_contrast(images: Tensor, factor: Tensor) -> Tensor:
     """Blend each sample with the mean of its grayscale image (as torchvision and PIL).
 
+    For C != 3 the blend is with the mean over every channel and pixel (:func:`gray_level`).
+
     Shape:
-        - images: ``[B, 3, H, W]``
+        - images: ``[B, C, H, W]``
         - factor: ``[B]``, non-negative
-        - output: ``[B, 3, H, W]``
+        - output: ``[B, C, H, W]``
     """
-    _check_rgb(images, "adjust_contrast")
-    mean = rgb_to_gray(images).mean(dim=(1, 2, 3), keepdim=True)
+    _check_batch(images, "adjust_contrast")
+    mean = gray_level(images).mean(dim=(1, 2, 3), keepdim=True)
     return _blend(images, mean, _per_sample(factor, images))
 
 
@@ -514,10 +561,12 @@ def color_jitter(
     expensive operation, reads and writes only the samples whose step is hue.
 
     Args:
-        images: Float RGB images in [0, 1].
+        images: Float images in [0, 1]: RGB, or any number of channels when saturation and
+            hue are inactive (brightness and contrast then treat all channels alike).
         params: Per-sample parameters (``jitter``, ``jitter_order`` and the four factors).
         active: Which of (brightness, contrast, saturation, hue) to run at all; an inactive
-            operation is skipped (the recipe's amount is 0, so it would be the identity).
+            operation is skipped (the recipe's amount is 0, so it would be the identity, or
+            the images are not RGB).
         brightness_mode: ``multiplicative`` (``params.brightness`` is a factor) or
             ``additive`` (an offset, :func:`adjust_brightness_additive`).
         color_mode: ``torchvision`` or ``tf`` (:func:`adjust_contrast_tf`, whose per-channel
@@ -527,9 +576,12 @@ def color_jitter(
     Returns:
         The jittered images.
 
+    Raises:
+        ValueError: saturation or hue active on images that are not RGB.
+
     Shape:
-        - images: ``[B, 3, H, W]``
-        - output: ``[B, 3, H, W]``
+        - images: ``[B, C, H, W]`` (C = 3 when saturation or hue is active)
+        - output: ``[B, C, H, W]``
     """
     return color_jitter_(
         images.clone(), params, active, brightness_mode=brightness_mode, color_mode=color_mode
@@ -545,7 +597,10 @@ def color_jitter_(
     color_mode: str = "torchvision",
 ) -> Tensor:
     """:func:`color_jitter` in place; hue reads and writes only the samples it changes."""
-    _check_rgb(images, "color_jitter")
+    if active[SATURATION] or active[HUE]:
+        _check_rgb(images, "color_jitter with saturation or hue")
+    else:
+        _check_batch(images, "color_jitter")
     if brightness_mode not in ("multiplicative", "additive"):
         raise ValueError(f"brightness_mode: multiplicative|additive, got {brightness_mode!r}")
     if color_mode not in ("torchvision", "tf"):
@@ -611,9 +666,10 @@ def _jitter_blend_(images: Tensor, coefs: Tensor) -> Tensor:
 
     ``coefs`` holds ``(f, a, m)`` per sample, ``[3, B, 1, 1, 1]``: brightness is ``(f, 0, 0)``,
     saturation ``(f, 1 - f, 0)``, contrast ``(f, 0, 1 - f)`` and ``(1, 0, 0)`` no change.
+    ``gray`` is :func:`gray_level` (the luma of RGB, the channel mean otherwise).
     """
     factor, gray_coef, mean_coef = coefs
-    gray = rgb_to_gray(images)
+    gray = gray_level(images)
     mean = gray.mean(dim=(1, 2, 3), keepdim=True)
     images.mul_(factor).addcmul_(gray, gray_coef).add_(mean * mean_coef)
     return images.clamp_(0, 1)
@@ -632,7 +688,7 @@ def _jitter_blend_tf_(
         mean = images.mean(dim=(2, 3), keepdim=True)
         images.mul_(factor).add_(mean * mean_coef)
     else:
-        gray = rgb_to_gray(images)
+        gray = gray_level(images)
         mean = gray.mean(dim=(1, 2, 3), keepdim=True)
         images.mul_(factor).addcmul_(gray, gray_coef).add_(mean * mean_coef)
     if offset is not None:

@@ -4,6 +4,10 @@ Datasets of photographs come in many sizes, so they cannot be stacked before cro
 workers cut the two random resized crops (:class:`TwoCrops`) and the rest of the SimCLR recipe
 runs batched on the device (:class:`simclr.augment.SimCLRViews` with ``[B, 2, C, S, S]``
 input). Cropping in the workers also shrinks what crosses to the device to two S x S crops.
+
+Images are uint8 (8-bit files) or float32 (16-bit files divided by 65535, float data as it is;
+see :mod:`simclr.data.datasets`) with any number of channels; every function here keeps the
+dtype and the channels of its input.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torchvision.transforms.v2 as T
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from simclr.augment.functional import resized_crop
+from simclr.augment.functional import resized_crop, to_float
 from simclr.augment.params import sample_crop_boxes_tf
 from simclr.config import AugmentConfig
 
@@ -25,11 +29,11 @@ EVAL_CROP_FRACTION = 0.875
 """Evaluation centre crop as a fraction of the resized shorter side (224 of 256)."""
 
 
-def _as_uint8_tensor(picture: Tensor | PIL.Image.Image) -> Tensor:
+def _as_image_tensor(picture: Tensor | PIL.Image.Image) -> Tensor:
     image: Tensor = TF.pil_to_tensor(picture) if isinstance(picture, PIL.Image.Image) else picture
-    if image.ndim != 3 or image.dtype != torch.uint8:
+    if image.ndim != 3 or not (image.dtype == torch.uint8 or image.is_floating_point()):
         raise ValueError(
-            f"expected a uint8 [C, H, W] image, got {image.dtype} {tuple(image.shape)}"
+            f"expected a uint8 or float [C, H, W] image, got {image.dtype} {tuple(image.shape)}"
         )
     return image
 
@@ -42,11 +46,11 @@ class RecipeCrop:
     or torchvision's ``RandomResizedCrop.get_params``, drawn from torch's global generator.
     ``bilinear`` resizes with antialiasing, as :class:`TwoCrops` always has; the TensorFlow
     bicubic resizes run on the crop in float and are rounded back to uint8 (which also clips
-    their overshoot).
+    their overshoot); a float image stays float, its overshoot clipped to [0, 1].
 
     Shape:
-        - input: ``[C, H, W]`` uint8 (a PIL image is also accepted)
-        - output: ``[C, S, S]`` uint8, S = ``cfg.size``
+        - input: ``[C, H, W]`` uint8 or float (a PIL image is also accepted)
+        - output: ``[C, S, S]``, the input's dtype, S = ``cfg.size``
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
@@ -68,17 +72,19 @@ class RecipeCrop:
 
     def __call__(self, picture: Tensor | PIL.Image.Image) -> Tensor:
         """Cut one crop (see the class docstring for shapes)."""
-        pixels = _as_uint8_tensor(picture)
+        pixels = _as_image_tensor(picture)
         top, left, box_h, box_w = self.box(pixels)
         if self.interpolation == "bilinear":
             out: Tensor = TF.resized_crop(
                 pixels, top, left, box_h, box_w, [self.size, self.size], antialias=True
             )
             return out
-        crop = pixels[None, :, top : top + box_h, left : left + box_w].float().div_(255)
+        crop = to_float(pixels[None, :, top : top + box_h, left : left + box_w])
         box = torch.tensor([[0, 0, box_h, box_w]])
-        resized = resized_crop(crop, box, self.size, interpolation=self.interpolation)
-        return resized[0].mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+        resized = resized_crop(crop, box, self.size, interpolation=self.interpolation)[0]
+        if pixels.is_floating_point():
+            return resized.clamp_(0, 1).to(pixels.dtype)
+        return resized.mul_(255).round_().clamp_(0, 255).to(torch.uint8)
 
     def __repr__(self) -> str:
         return (
@@ -101,8 +107,8 @@ class TwoCrops:
             ``interpolation``.
 
     Shape:
-        - input: ``[C, H, W]`` uint8 (a PIL image is also accepted)
-        - output: ``[2, C, S, S]`` uint8, S = ``cfg.size``
+        - input: ``[C, H, W]`` uint8 or float (a PIL image is also accepted)
+        - output: ``[2, C, S, S]`` in the input's dtype, S = ``cfg.size``
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
@@ -121,7 +127,7 @@ class TwoCrops:
 
     def __call__(self, image: Tensor | PIL.Image.Image) -> Tensor:
         """Cut two crops of ``image`` (see the class docstring for shapes)."""
-        pixels = _as_uint8_tensor(image)
+        pixels = _as_image_tensor(image)
         return torch.stack([self.crop(pixels), self.crop(pixels)])
 
     def __repr__(self) -> str:
@@ -137,17 +143,17 @@ def eval_resize(image: Tensor | PIL.Image.Image, size: int) -> Tensor:
     Resizing is bilinear with antialiasing.
 
     Args:
-        image: uint8 image (a PIL image is also accepted).
+        image: uint8 or float image of any number of channels (a PIL image is also accepted).
         size: Output side S.
 
     Returns:
-        The uint8 image.
+        The image, in the input's dtype.
 
     Shape:
         - image: ``[C, H, W]``
         - output: ``[C, S, S]``
     """
-    pixels = _as_uint8_tensor(image)
+    pixels = _as_image_tensor(image)
     height, width = pixels.shape[-2:]
     out: Tensor
     if min(height, width) > size:

@@ -1,4 +1,12 @@
-"""Two random views per image, batched on the images' device (Chen et al. 2020, appendix A)."""
+"""Two random views per image, batched on the images' device (Chen et al. 2020, appendix A).
+
+Images of any number of channels C and of any bit depth: uint8 batches are divided by 255,
+float batches (16-bit images divided by 65535, float data as it is) are used as they are, so a
+16-bit image keeps its precision through the views. The crop, flip and blur act on every
+channel alike; brightness and contrast scale all channels of an image by the same factor; hue,
+saturation and grayscale exist for RGB only and are skipped when C != 3 (their random
+parameters are still drawn, so the stream of a given batch size does not depend on C).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +28,9 @@ class SimCLRViews(nn.Module):
     ``cfg.crop_method``, ``brightness_mode``, ``color_mode`` and ``blur_padding`` choose
     between torchvision's semantics and the official TensorFlow code's. The whole batch is
     processed at once, with per-view random parameters, on whatever device the input is on
-    (typically the GPU, fed uint8 to keep the host-to-device copy small). Both views of an
+    (typically the GPU, fed uint8 to keep the host-to-device copy small). Images that are not
+    RGB (C != 3 channels) get the geometric stages, brightness, contrast and blur only (see the
+    module docstring). Both views of an
     image are drawn independently: the batch of ``2B`` views is augmented as one batch whose
     first ``B`` entries are the first views.
 
@@ -120,18 +130,18 @@ class SimCLRViews(nn.Module):
         """Two augmented views of each image.
 
         Args:
-            images: uint8 images (or floats in [0, 1]), either ``[B, C, H, W]`` of one size,
-                cropped here, or ``[B, 2, C, S, S]``: two crops per image already cut at the
-                output size (by :class:`simclr.augment.TwoCrops` in the loader workers), for
-                which the crop stage is skipped. ``C`` is 1 or 3; gray inputs are repeated to
-                RGB.
+            images: uint8 images (or floats on the [0, 1] scale), either ``[B, C, H, W]`` of
+                one size, cropped here, or ``[B, 2, C, S, S]``: two crops per image already cut
+                at the output size (by :class:`simclr.augment.TwoCrops` in the loader workers),
+                for which the crop stage is skipped. One channel is repeated to RGB; any other
+                ``C`` is kept (hue, saturation and grayscale then only where C = 3).
 
         Returns:
-            The first and second views, float32 in [0, 1].
+            The first and second views, float32 (in [0, 1] for uint8 input).
 
         Shape:
             - images: ``[B, C, H, W]`` or ``[B, 2, C, S, S]``
-            - outputs: two ``[B, 3, S, S]``, S = ``cfg.size``
+            - outputs: two ``[B, C', S, S]``, S = ``cfg.size``, C' = 3 if C = 1 else C
         """
         size = self.cfg.size
         if images.ndim == 5:
@@ -146,12 +156,12 @@ class SimCLRViews(nn.Module):
                 )
             n = images.shape[0]
             views = images.transpose(0, 1).reshape(2 * n, *images.shape[2:])
-            x = _to_float(views)
+            x = AF.to_float(views)
             params = self.sample_params(2 * n, size, size, images.device)
         elif images.ndim == 4:
             n, _, height, width = images.shape
             params = self.sample_params(2 * n, height, width, images.device)
-            source = _to_float(images, copy=False)  # the crops below write new buffers
+            source = AF.to_float(images, copy=False)  # the crops below write new buffers
             how = self.cfg.interpolation
             x = torch.cat(  # the flip is folded into the crops' sampling grids
                 [
@@ -167,8 +177,6 @@ class SimCLRViews(nn.Module):
             )
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1).contiguous()
-        elif x.shape[1] != 3:
-            raise ValueError(f"images must have 1 or 3 channels, got {x.shape[1]}")
         # the crops of [B, C, H, W] input came out mirrored already
         x = self._augment_colors_(x, params, flip=images.ndim == 5)
         return x[:n], x[n:]
@@ -176,11 +184,12 @@ class SimCLRViews(nn.Module):
     def augment_colors(self, x: Tensor, params: ViewParams) -> Tensor:
         """Every stage after the crop: flip, colour jitter, grayscale, blur (``x`` is kept).
 
-        Stages with probability 0 are skipped without touching the pixels.
+        Stages with probability 0 are skipped without touching the pixels, and so are hue,
+        saturation and grayscale when C != 3.
 
         Shape:
-            - x: ``[N, 3, S, S]`` float in [0, 1]
-            - output: ``[N, 3, S, S]``
+            - x: ``[N, C, S, S]`` float in [0, 1]
+            - output: ``[N, C, S, S]``
         """
         return self._augment_colors_(x.clone(), params)
 
@@ -190,33 +199,24 @@ class SimCLRViews(nn.Module):
         ``flip=False`` when the crop already mirrored the views (see ``AF.resized_crop``).
         """
         cfg = self.cfg
+        rgb = x.shape[1] == 3
+        # hue and saturation are RGB operations: other channel counts get brightness, contrast
+        ops = self._jitter_ops if rgb else (self._jitter_ops[0], self._jitter_ops[1], False, False)
         if flip and cfg.flip_p > 0:
             AF.hflip_(x, params.flip)
-        if cfg.jitter_p > 0 and any(self._jitter_ops):
+        if cfg.jitter_p > 0 and any(ops):
             AF.color_jitter_(
                 x,
                 params,
-                self._jitter_ops,
+                ops,
                 brightness_mode=cfg.brightness_mode,
                 color_mode=cfg.color_mode,
             )
-        if cfg.grayscale_p > 0:
+        if cfg.grayscale_p > 0 and rgb:
             AF.grayscale_(x, params.grayscale)
         if cfg.blur_p > 0:
             AF.gaussian_blur_(x, params.sigma, self.blur_kernel, params.blur, cfg.blur_padding)
         return x
-
-
-def _to_float(images: Tensor, *, copy: bool = True) -> Tensor:
-    """float32 in [0, 1]: uint8 [0, 255] scaled, float input taken as in [0, 1].
-
-    With ``copy`` the result is always a new buffer (the colour stages then work in place).
-    """
-    if images.dtype == torch.uint8:
-        return images.to(torch.float32).div_(255)
-    if images.is_floating_point():
-        return images.to(torch.float32, copy=copy)
-    raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:

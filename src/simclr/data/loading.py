@@ -99,8 +99,9 @@ def train_batches(
     ``batch_size`` is global; this process gets its part of every batch (see
     :func:`epoch_batches`).
 
-    ``images`` is uint8 ``[B, 3, S, S]`` for in-memory data (the views' crop runs batched later),
-    or uint8 ``[B, 2, 3, S, S]`` for files, whose two random crops are cut in the loader workers.
+    ``images`` is ``[B, C, S, S]`` for in-memory data (the views' crop runs batched later), or
+    ``[B, 2, C, S, S]`` for files, whose two random crops are cut in the loader workers; uint8,
+    or float32 for high bit depths (see :mod:`simclr.data.datasets`).
     ``skipped`` counts unreadable files dropped from the batch. Shards (:class:`ShardSet`) give
     crops like files, from the stream described in :mod:`simclr.data.shards`.
     """
@@ -155,7 +156,8 @@ def eval_batches(
     batch r on, so K processes share the work.
 
     Shape:
-        images uint8 ``[B, 3, size, size]``, labels and indices int64 ``[B]``.
+        images ``[B, C, size, size]`` (uint8, or float32 for high bit depths), labels and
+        indices int64 ``[B]``.
     """
     part, parts = shard
     if isinstance(dataset, TensorImages):

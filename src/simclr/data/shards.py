@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader
 from simclr.augment.loader import TwoCrops
 from simclr.checkpoint import write_text_atomic
 from simclr.config import AugmentConfig
-from simclr.data.datasets import FileImages, ReadRecord, read_image
+from simclr.data.datasets import FileImages, ReadRecord, read_image, stack_images
 from simclr.errors import UserError, first_line, require
 from simclr.runtime import derive_seed, ignore_stop_signals
 
@@ -312,36 +312,50 @@ class _ReadShards:
 def _tar_samples(url: str, record: ReadRecord) -> Iterator[dict[str, Any]]:
     """The samples of one tar shard: members grouped by key (the name up to its first dot).
 
-    Members larger than :data:`MAX_MEMBER_BYTES` are left out unread, with a warning.
+    Members larger than :data:`MAX_MEMBER_BYTES` are left out unread, with a warning. A local
+    file is opened for random access, so that skipping a member is a seek, not a read of every
+    byte it declares; a stream (a URL) cannot jump, so there the rest of the shard is left out
+    too (a header declaring gigabytes is far likelier corrupt than an image).
     """
-    with _open_location(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-        sample: dict[str, Any] | None = None
-        for member in tar:
-            folder, _, base = member.name.rpartition("/")
-            stem, dot, extension = base.partition(".")
-            if not member.isfile() or not dot or not stem:
-                continue
-            key = f"{folder}/{stem}" if folder else stem
-            if sample is None or sample["__key__"] != key:
-                if sample is not None:
-                    yield sample
-                sample = {"__key__": key, "__url__": url}
-            if member.size > MAX_MEMBER_BYTES:
-                if record.mark_failed(_slot(f"{url}:{member.name}")):
-                    log.warning(
-                        "skipping member %s of %s: it declares %d bytes, more than "
-                        "MAX_MEMBER_BYTES = %d",
-                        member.name,
-                        url,
-                        member.size,
-                        MAX_MEMBER_BYTES,
-                    )
-                continue
-            handle = tar.extractfile(member)
-            if handle is not None:
-                sample[extension.lower()] = handle.read()
-        if sample is not None:
-            yield sample
+    with _open_location(url) as stream:
+        seekable = stream.seekable()
+        with tarfile.open(fileobj=stream, mode="r:*" if seekable else "r|*") as tar:
+            yield from _tar_members(tar, url, record, seekable=seekable)
+
+
+def _tar_members(
+    tar: tarfile.TarFile, url: str, record: ReadRecord, *, seekable: bool
+) -> Iterator[dict[str, Any]]:
+    """The samples of an open tar shard (see :func:`_tar_samples`)."""
+    sample: dict[str, Any] | None = None
+    for member in tar:
+        folder, _, base = member.name.rpartition("/")
+        stem, dot, extension = base.partition(".")
+        if not member.isfile() or not dot or not stem:
+            continue
+        key = f"{folder}/{stem}" if folder else stem
+        if sample is None or sample["__key__"] != key:
+            if sample is not None:
+                yield sample
+            sample = {"__key__": key, "__url__": url}
+        if member.size > MAX_MEMBER_BYTES:
+            if record.mark_failed(_slot(f"{url}:{member.name}")):
+                log.warning(
+                    "skipping member %s of %s: it declares %d bytes, more than "
+                    "MAX_MEMBER_BYTES = %d",
+                    member.name,
+                    url,
+                    member.size,
+                    MAX_MEMBER_BYTES,
+                )
+            if not seekable:
+                break
+            continue
+        handle = tar.extractfile(member)
+        if handle is not None:
+            sample[extension.lower()] = handle.read()
+    if sample is not None:
+        yield sample
 
 
 def _slot(name: str) -> int:
@@ -355,7 +369,7 @@ def _name(shards: ShardSet) -> str:
 
 
 class _DecodeTwoCrops:
-    """Sample dict -> ``(two crops [2, 3, S, S] uint8 or None, sample name)``, in a worker.
+    """Sample dict -> ``(two crops [2, C, S, S] or None, sample name)``, in a worker.
 
     An unreadable sample is named in a warning the first time any worker meets it.
     """
@@ -379,7 +393,7 @@ def _stack_crops(batch: list[tuple[Tensor | None, str]]) -> tuple[Tensor, list[s
     """Collate in the worker: the readable crops, and the names of the unreadable samples."""
     crops = [crop for crop, _ in batch if crop is not None]
     failed = [name for crop, name in batch if crop is None]
-    return (torch.stack(crops) if crops else torch.zeros(0, dtype=torch.uint8)), failed
+    return (stack_images(crops) if crops else torch.zeros(0, dtype=torch.uint8)), failed
 
 
 def _require_images(what: str, samples: Iterable[Any]) -> Iterator[Any]:
@@ -407,7 +421,7 @@ def shard_batches(
 ) -> Iterator[tuple[Tensor, int]]:
     """Yield ``steps - start`` batches ``(crops, skipped)`` of this process's stream.
 
-    ``crops`` is uint8 ``[b, 2, 3, S, S]`` (two random resized crops per image, as for image
+    ``crops`` is ``[b, 2, C, S, S]`` (two random resized crops per image, as for image
     files), with ``b = batch_size`` less the unreadable samples; ``skipped`` counts those
     failing for the first time in this run (a sample drawn again is not counted again). A
     resumed epoch (``start > 0``) continues with the right number of steps, from a stream

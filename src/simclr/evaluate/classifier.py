@@ -31,7 +31,7 @@ from simclr.augment.params import sample_view_params
 from simclr.checkpoint import load_weights, nonfinite_tensors, save_checkpoint, state_tensors
 from simclr.clock import Budget, StepClock
 from simclr.config import AugmentConfig, OptimConfig
-from simclr.data.datasets import FileImages, ImageDataset, TensorImages
+from simclr.data.datasets import FileImages, ImageDataset, TensorImages, stack_images
 from simclr.data.loading import epoch_batches
 from simclr.errors import UserError, first_line
 from simclr.evaluate.accuracy import topk_accuracy
@@ -199,13 +199,13 @@ def _labelled_batches(
     num_workers: int,
     start: int = 0,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """uint8 images and labels of one shuffled epoch over ``items``, from its batch ``start``.
+    """Images and labels of one shuffled epoch over ``items``, from its batch ``start``.
 
     In-memory images come whole (cropped later on the device); files come as one random resized
     crop each, cut by loader workers with :class:`TwoCrops`'s crop (unreadable files dropped).
 
     Shape:
-        images ``[B, 3, H, W]`` uint8, labels ``[B]`` int64.
+        images ``[B, C, H, W]`` uint8 (float32 for high bit depths), labels ``[B]`` int64.
     """
     order = epoch_batches(len(items), batch_size, seed=seed, epoch=epoch)
     batches = [items[b] for b in order[start:]]
@@ -228,14 +228,14 @@ def _stack_labelled(batch: list[tuple[Tensor | None, int]]) -> tuple[Tensor, Ten
     readable = [(image, label) for image, label in batch if image is not None]
     if not readable:
         return torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
-    return torch.stack([i for i, _ in readable]), torch.tensor([lab for _, lab in readable])
+    return stack_images([i for i, _ in readable]), torch.tensor([lab for _, lab in readable])
 
 
 def _crop_flip(
     images: Tensor, augment: AugmentConfig, generator: torch.Generator, *, crop: bool
 ) -> Tensor:
     """Random resized crop (when not cut already) and flip, batched on the images' device."""
-    x = images.float().div_(255)
+    x = AF.to_float(images)
     params = sample_view_params(len(x), x.shape[-2], x.shape[-1], augment, generator)
     if crop:  # bicubic overshoot clamped back into [0, 1]
         cropped = AF.resized_crop(

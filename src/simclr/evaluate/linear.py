@@ -37,6 +37,7 @@ from simclr.errors import UserError
 from simclr.evaluate.accuracy import topk_accuracy
 from simclr.evaluate.classifier import Classifier, ClassifierTraining, train_and_score, zero_linear
 from simclr.evaluate.features import Features
+from simclr.models.backbones import input_channels
 
 log = logging.getLogger("simclr")
 
@@ -311,7 +312,7 @@ def linear_probe_sgd(
     hyperparameters, as in the paper (no validation split).
 
     Args:
-        encoder: The backbone, images ``[B, 3, size, size]`` -> features ``[B, D]``.
+        encoder: The backbone, images ``[B, C, size, size]`` -> features ``[B, D]``.
         train_set: Labelled training images.
         test_set: Labelled test images with the same classes.
         size: Side of the crops and of the test images (the pretraining ``augment.size``).
@@ -359,6 +360,7 @@ def _output_dim(encoder: nn.Module, size: int, device: torch.device) -> int:
     was_training = encoder.training
     encoder.eval()
     try:
-        return int(encoder(torch.zeros(1, 3, size, size, device=device)).flatten(1).shape[1])
+        blank = torch.zeros(1, input_channels(encoder), size, size, device=device)
+        return int(encoder(blank).flatten(1).shape[1])
     finally:
         encoder.train(was_training)

@@ -42,7 +42,7 @@ from simclr.models.heads import head_for_version
 from simclr.models.simclr import SimCLR
 
 Batch = tuple[Tensor, ...]
-"""A batch as the loop moves it: images ``(uint8 [B, 3, S, S],)``, or ``(inputs, lengths)``."""
+"""A batch as the loop moves it: images ``([B, C, S, S],)``, or ``(inputs, lengths)``."""
 Fitted = dict[str, Any]
 """Preprocessing fitted on the training data; primitives only (saved in checkpoints)."""
 

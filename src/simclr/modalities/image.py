@@ -4,16 +4,24 @@ Each method hands over to the image code that existed before modalities did: the
 :mod:`simclr.data.datasets` (and the shard streams of :mod:`simclr.data.shards`), the batched
 :class:`~simclr.augment.views.SimCLRViews`, the ResNets of :mod:`simclr.models.backbones`, and the
 paper's evaluation resize.
+
+Images of any channel count C and bit depth (see :mod:`simclr.data.datasets`): the encoder's
+first convolution takes C channels. C is ``model.in_channels`` when set, else what the training
+data has (3 for RGB), recorded in the checkpoint's fitted preprocessing as ``{"channels": C}``
+(nothing for RGB) so that evaluation, embedding and export rebuild the same encoder, and data
+with another count is refused in one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from simclr.augment.functional import to_float
 from simclr.augment.views import SimCLRViews
 from simclr.config import AugmentConfig, Config, DataConfig
 from simclr.data.datasets import IMAGE_EXTENSIONS, ImageDataset, build_dataset
@@ -27,10 +35,12 @@ from simclr.models.simclr import SimCLR
 
 
 class ImageModality(Modality):
-    """RGB images: ``augment`` is the view recipe, ``model`` the ResNet; nothing is fitted.
+    """Images: ``augment`` is the view recipe, ``model`` the ResNet; the channels are fitted.
 
-    Batches are ``(uint8 images,)``: ``[B, 3, S, S]`` from memory or ``[B, 2, 3, S, S]`` crops
-    cut in the loader workers for files; the encoder's input is float in [0, 1].
+    Batches are ``(images,)``: ``[B, C, S, S]`` from memory or ``[B, 2, C, S, S]`` crops cut
+    in the loader workers for files, uint8 (or float32 for high bit depths); the encoder's
+    input is float, uint8 divided by 255. The fitted preprocessing is ``{"channels": C}`` for
+    C != 3, and empty for RGB (as in the checkpoints older than it).
     """
 
     name = "image"
@@ -43,11 +53,26 @@ class ImageModality(Modality):
             return True
         path = Path(spec).expanduser()
         if path.is_file():
-            return path.suffix.lower() in (".npy", ".npz") and _holds_uint8(path)
+            return path.suffix.lower() in (".npy", ".npz") and _holds_images(path)
         return path.is_dir() and bool(file_suffixes(path) & set(IMAGE_EXTENSIONS))
 
+    @property
+    def channels(self) -> int:
+        """Channels of the encoder's input: ``model.in_channels``, else the fitted count, or 3."""
+        if self.cfg.model.in_channels is not None:
+            return self.cfg.model.in_channels
+        return int((self.fitted or {}).get("channels", 3))
+
     def open(self, spec: str, *, split: str) -> tuple[Items, Fitted]:
-        """An image dataset (see :func:`simclr.data.datasets.build_dataset`)."""
+        """An image dataset (see :func:`simclr.data.datasets.build_dataset`).
+
+        Unfitted, its channel count is the fitted preprocessing; fitted, the data must have
+        the channels the encoder takes.
+
+        Raises:
+            UserError: see :func:`~simclr.data.datasets.build_dataset`, or another channel
+                count than the encoder's.
+        """
         data = self.cfg.data
         dataset = build_dataset(
             spec,
@@ -56,11 +81,28 @@ class ImageModality(Modality):
             in_memory=data.in_memory,
             num_workers=data.num_workers,
         )
-        return dataset, {}
+        return dataset, self._fit_channels(dataset.channels, spec)
 
     def open_train(self) -> tuple[TrainData, Fitted]:
-        """The training images, or a stream of WebDataset shards."""
-        return open_train_data(self.cfg.data, size=self.cfg.augment.size), {}
+        """The training images, or a stream of WebDataset shards.
+
+        Shards are not decoded to count their channels: they are taken to have
+        ``model.in_channels`` (default 3), and a first batch with others is an error.
+        """
+        train = open_train_data(self.cfg.data, size=self.cfg.augment.size)
+        channels = train.channels if isinstance(train, ImageDataset) else self.channels
+        return train, self._fit_channels(channels, self.cfg.data.path)
+
+    def _fit_channels(self, channels: int, spec: str) -> Fitted:
+        """The fitted preprocessing for data with ``channels``, checked against the encoder's."""
+        expected = None if self.fitted is None else self.channels
+        if self.fitted is None and self.cfg.model.in_channels is not None:
+            expected = self.cfg.model.in_channels
+        if expected is not None and channels != expected:
+            raise UserError(_channel_mismatch(spec, channels, expected))
+        if self.fitted is not None:
+            return dict(self.fitted)
+        return {} if channels == 3 else {"channels": channels}
 
     def classifier_data(self, spec: str, *, split: str) -> ImageDataset:
         """The labelled images that ``finetune`` and ``linear --protocol sgd`` crop and flip.
@@ -77,13 +119,19 @@ class ImageModality(Modality):
     def build_model(self) -> SimCLR:
         """A registered, timm or torchvision backbone (``model.*``) with the head.
 
-        A ``timm:``/``tv:`` backbone first runs one blank image of ``augment.size`` px, so a
-        ViT built for another size is one line here (:func:`check_image_size`).
+        Its first convolution takes :attr:`channels`. A ``timm:``/``tv:`` backbone first runs
+        one blank image of ``augment.size`` px, so a ViT built for another size is one line
+        here (:func:`check_image_size`).
         """
-        model = SimCLR.from_config(self.cfg.model)
-        if is_external(self.cfg.model.backbone):
+        settings = dataclasses.replace(self.cfg.model, in_channels=self.channels)
+        model = SimCLR.from_config(settings)
+        if is_external(settings.backbone):
             check_image_size(
-                model.backbone, self.cfg.model.backbone, self.cfg.augment.size, model.feature_dim
+                model.backbone,
+                settings.backbone,
+                self.cfg.augment.size,
+                model.feature_dim,
+                channels=self.channels,
             )
         return model
 
@@ -103,7 +151,13 @@ class ImageModality(Modality):
         rank: int = 0,
         world_size: int = 1,
     ) -> Iterator[tuple[Batch, int]]:
-        """See :func:`simclr.data.loading.train_batches`."""
+        """See :func:`simclr.data.loading.train_batches`.
+
+        Raises:
+            UserError: the images have another channel count than the encoder takes (data
+                given through the Python API, or shards).
+        """
+        checked = False
         for images, skipped in train_batches(
             dataset,
             self.cfg.augment,
@@ -116,6 +170,11 @@ class ImageModality(Modality):
             rank=rank,
             world_size=world_size,
         ):
+            if not checked and images.numel():
+                checked = True
+                channels = int(images.shape[-3])
+                if channels != self.channels:
+                    raise UserError(_channel_mismatch("the training data", channels, self.channels))
             yield (images,), skipped
 
     def eval_batches(
@@ -133,16 +192,22 @@ class ImageModality(Modality):
             yield (images,), labels, index
 
     def model_input(self, batch: Batch, device: torch.device | str) -> Tensor:
-        """uint8 -> float in [0, 1] on the device (the copy stays uint8, 4x smaller)."""
-        return batch[0].to(device, non_blocking=True).float().div_(255)
+        """uint8 -> float in [0, 1] on the device (the copy stays uint8, 4x smaller).
+
+        Float batches (high bit depths) are used as they are.
+        """
+        return to_float(batch[0].to(device, non_blocking=True), copy=False)
 
     def preprocessing(self) -> str:
         """The evaluation resize."""
         size = self.cfg.augment.size
-        return (
+        text = (
             f"resize to {size} px (shorter side to {size}/0.875 and centre crop when larger); "
             "no augmentation"
         )
+        if self.channels != 3:  # RGB runs keep the protocol text (and feature caches) they had
+            text += f"; {self.channels} channels"
+        return text
 
     def draw_views(self, dataset: Items, out: Path, *, num_items: int, seed: int) -> Path:
         """Originals next to two views each (see :func:`simclr.viz.draw_views`)."""
@@ -161,8 +226,13 @@ def image_modality(size: int, *, num_workers: int = 2) -> ImageModality:
     return ImageModality(cfg)
 
 
-def _holds_uint8(path: Path) -> bool:
-    """Whether a ``.npy``/``.npz`` holds uint8 images (other arrays are series or tables)."""
+def _holds_images(path: Path) -> bool:
+    """Whether a ``.npy``/``.npz`` holds images (other arrays are series or tables).
+
+    uint8 arrays, integer arrays ``(N, H, W[, C])`` and 4-D float arrays are images (3-D float
+    arrays are time series ``[N, C, T]``: give ``--modality image`` for grey float images); an
+    ``.npz`` holds images when it has an ``images`` array.
+    """
     import numpy as np
 
     try:
@@ -170,6 +240,16 @@ def _holds_uint8(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     if isinstance(loaded, np.ndarray):
-        return bool(loaded.dtype == np.uint8)
+        if loaded.dtype == np.uint8:
+            return True
+        integer = np.issubdtype(loaded.dtype, np.integer) and loaded.ndim in (3, 4)
+        return bool(integer or (np.issubdtype(loaded.dtype, np.floating) and loaded.ndim == 4))
     with loaded:
         return "images" in loaded.files
+
+
+def _channel_mismatch(spec: str, channels: int, expected: int) -> str:
+    return (
+        f"{spec} holds images with {channels} channels but the encoder takes {expected} "
+        f"(model.in_channels, or the channels of the training data)"
+    )

@@ -1,8 +1,9 @@
 """Encoders f: a registry of ResNets, by name, and the models of timm and torchvision.
 
-``create_backbone(name)`` returns the module (mapping images ``[B, 3, H, W]`` to pooled features
-``[B, D]``) and its feature dimension D. Any other ``nn.Module`` with that contract works with
-:class:`simclr.SimCLR` through the Python API; register it to reach it from the command line.
+``create_backbone(name)`` returns the module (mapping images ``[B, C, H, W]`` to pooled features
+``[B, D]``, C = ``in_channels``, 3 by default) and its feature dimension D. Any other
+``nn.Module`` with that contract works with :class:`simclr.SimCLR` through the Python API;
+register it to reach it from the command line.
 ``timm:NAME`` and ``tv:NAME`` build a timm or torchvision model without its classifier
 (:mod:`simclr.models.external`).
 
@@ -18,9 +19,11 @@ Two families are registered:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
@@ -29,6 +32,8 @@ from simclr.errors import UserError
 from simclr.models.external import create_external, is_external
 from simclr.models.resnet_v2 import DEPTHS, SK_RATIO, WIDTHS, ResNetV2, zoo_name
 
+log = logging.getLogger("simclr")
+
 BackboneFactory = Callable[..., tuple[nn.Module, int]]
 _REGISTRY: dict[str, BackboneFactory] = {}
 
@@ -36,8 +41,9 @@ _REGISTRY: dict[str, BackboneFactory] = {}
 def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Decorator: make a factory ``(width=..., stem=...) -> (module, feature_dim)`` creatable.
 
-    The factories registered here also take ``zero_init_residual``; :func:`create_backbone`
-    passes it on only when asked to.
+    The factories registered here also take ``zero_init_residual`` and ``in_channels``;
+    :func:`create_backbone` passes them on only when asked to (another channel count than 3),
+    so a factory of your own needs them only for such data.
     """
 
     def add(factory: BackboneFactory) -> BackboneFactory:
@@ -59,6 +65,7 @@ def create_backbone(
     stem: str = "imagenet",
     zero_init_residual: bool | None = None,
     args: Mapping[str, Any] | None = None,
+    in_channels: int = 3,
 ) -> tuple[nn.Module, int]:
     """Build a registered backbone, or a timm or torchvision one; returns ``(module, dim)``.
 
@@ -73,6 +80,8 @@ def create_backbone(
             ``timm:``/``tv:`` names.
         args: Constructor keyword arguments of a ``timm:``/``tv:`` model
             (``model.backbone_args``); none for the registered families.
+        in_channels: Channels of the input images (``model.in_channels``): the first
+            convolution takes that many.
 
     Raises:
         UserError: an unknown name, or a setting that does not apply to it (one line).
@@ -88,15 +97,61 @@ def create_backbone(
         if not ok:
             raise UserError(message)
     if is_external(name):
-        return create_external(name, args)
+        return create_external(name, args, in_channels=in_channels)
     if name not in _REGISTRY:
         raise UserError(
             f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}, "
             "timm:NAME or tv:NAME"
         )
-    if zero_init_residual is None:
-        return _REGISTRY[name](width=width, stem=stem)
-    return _REGISTRY[name](width=width, stem=stem, zero_init_residual=zero_init_residual)
+    if in_channels < 1:
+        raise UserError(f"in_channels must be at least 1 (got {in_channels})")
+    options: dict[str, Any] = {}
+    if zero_init_residual is not None:
+        options["zero_init_residual"] = zero_init_residual
+    if in_channels != 3:
+        options["in_channels"] = in_channels
+    return _REGISTRY[name](width=width, stem=stem, **options)
+
+
+def input_channels(module: nn.Module) -> int:
+    """Channels of the images ``module`` takes: those of its first 2-D convolution (else 3).
+
+    Every backbone here (ResNets, ViT patch embeddings, ConvNeXt stems) starts with one.
+    """
+    first = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    return 3 if first is None else int(first.in_channels)
+
+
+def memory_format_for(
+    model: nn.Module, device: torch.device, channels_last: bool
+) -> torch.memory_format:
+    """The memory format to train ``model`` in on ``device``: channels_last when asked and safe.
+
+    PyTorch 2.14's CPU kernel for the backward of a channels_last 1x1 convolution with stride 2
+    and fewer than 8 input channels writes past its buffers (seen on an AVX2 machine: heap
+    corruption, then an abort or a segmentation fault). Such convolutions only occur in very
+    narrow networks (the downsampling shortcut of a ResNet at width 1/16), so there the
+    contiguous format is kept rather than risking wrong numbers or a crash (said at info level:
+    it changes speed, not results).
+    """
+    if not channels_last:
+        return torch.contiguous_format
+    if device.type == "cpu" and any(_narrow_strided_1x1(m) for m in model.modules()):
+        log.info(
+            "channels_last is left off: this network has a 1x1 convolution with stride 2 and "
+            "fewer than 8 input channels, which PyTorch's CPU backward mishandles in that format"
+        )
+        return torch.contiguous_format
+    return torch.channels_last
+
+
+def _narrow_strided_1x1(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)
+        and module.kernel_size == (1, 1)
+        and max(module.stride) > 1
+        and module.in_channels < 8
+    )
 
 
 class ScaledResNet(ResNet):
@@ -108,7 +163,7 @@ class ScaledResNet(ResNet):
     stage, as in the SimCLR CIFAR experiments (appendix B.9).
 
     Shape:
-        input ``[B, 3, H, W]`` -> output ``[B, feature_dim]``.
+        input ``[B, in_channels, H, W]`` -> output ``[B, feature_dim]``.
     """
 
     def __init__(
@@ -119,6 +174,7 @@ class ScaledResNet(ResNet):
         width: float = 1.0,
         stem: str = "imagenet",
         zero_init_residual: bool = False,
+        in_channels: int = 3,
     ) -> None:
         nn.Module.__init__(self)
         if stem not in ("imagenet", "cifar"):
@@ -130,10 +186,14 @@ class ScaledResNet(ResNet):
         self.groups = 1
         self.base_width = 64
         if stem == "cifar":
-            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(
+                in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False
+            )
             self.maxpool: nn.Module = nn.Identity()
         else:
-            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(
+                in_channels, widths[0], kernel_size=7, stride=2, padding=3, bias=False
+            )
             self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
@@ -160,10 +220,19 @@ class ScaledResNet(ResNet):
 
 def _resnet(block: type[BasicBlock | Bottleneck], layers: list[int]) -> BackboneFactory:
     def factory(
-        *, width: float = 1.0, stem: str = "imagenet", zero_init_residual: bool = False
+        *,
+        width: float = 1.0,
+        stem: str = "imagenet",
+        zero_init_residual: bool = False,
+        in_channels: int = 3,
     ) -> tuple[nn.Module, int]:
         model = ScaledResNet(
-            block, layers, width=width, stem=stem, zero_init_residual=zero_init_residual
+            block,
+            layers,
+            width=width,
+            stem=stem,
+            zero_init_residual=zero_init_residual,
+            in_channels=in_channels,
         )
         return model, model.feature_dim
 
@@ -181,7 +250,11 @@ def _zoo(depth: int, multiplier: int, sk: bool) -> BackboneFactory:
     name = zoo_name(depth, multiplier, sk)
 
     def factory(
-        *, width: float = 1.0, stem: str = "imagenet", zero_init_residual: bool = True
+        *,
+        width: float = 1.0,
+        stem: str = "imagenet",
+        zero_init_residual: bool = True,
+        in_channels: int = 3,
     ) -> tuple[nn.Module, int]:
         if width != 1:
             raise UserError(
@@ -196,6 +269,7 @@ def _zoo(depth: int, multiplier: int, sk: bool) -> BackboneFactory:
             sk_ratio=SK_RATIO if sk else 0.0,
             stem=stem,
             zero_init_residual=zero_init_residual,
+            in_channels=in_channels,
         )
         return model, model.feature_dim
 

@@ -1,9 +1,11 @@
 """Backbones built by timm or torchvision, by prefixed name: ``timm:NAME`` and ``tv:NAME``.
 
 Both keep the contract of :func:`simclr.models.create_backbone`: a module mapping images
-``[B, 3, H, W]`` to pooled features ``[B, D]``, and D. The classifier is removed, so h is the
-model's pooled pre-logits feature (a ViT's class token after its final norm, a CNN's global
-average pool):
+``[B, C, H, W]`` to pooled features ``[B, D]``, and D. Images of another channel count than 3
+(``model.in_channels``) reach timm as ``in_chans``; a torchvision model gets its first
+convolution rebuilt with that many input channels (freshly initialised, as all its weights).
+The classifier is removed, so h is the model's pooled pre-logits feature (a ViT's class token
+after its final norm, a CNN's global average pool):
 
 * ``timm:NAME``: ``timm.create_model(NAME, pretrained=False, num_classes=0, **args)``; D is the
   model's ``head_hidden_size`` (the pre-logits width, timm >= 1.0), else its ``num_features``.
@@ -31,7 +33,7 @@ from torch import nn
 from simclr.config import EXTERNAL_BACKBONES
 from simclr.errors import UserError, first_line, require
 
-_RESERVED = ("pretrained", "num_classes", "weights", "pretrained_cfg")
+_RESERVED = ("pretrained", "num_classes", "weights", "pretrained_cfg", "in_chans")
 """Constructor arguments this module sets itself."""
 _TV_DEFAULTS: dict[str, dict[str, Any]] = {
     "googlenet": {"aux_logits": False, "init_weights": True},
@@ -45,28 +47,36 @@ def is_external(name: str) -> bool:
     return name.startswith(EXTERNAL_BACKBONES)
 
 
-def create_external(name: str, args: Mapping[str, Any] | None = None) -> tuple[nn.Module, int]:
+def create_external(
+    name: str, args: Mapping[str, Any] | None = None, *, in_channels: int = 3
+) -> tuple[nn.Module, int]:
     """Build ``timm:NAME`` or ``tv:NAME`` without its classifier; returns ``(module, dim)``.
 
     Raises:
-        UserError: timm missing, an unknown model, or arguments the model does not take.
+        UserError: timm missing, an unknown model, arguments the model does not take, or a
+            torchvision model without a first convolution to give ``in_channels``.
     """
     args = dict(args or {})
     reserved = sorted(set(args) & set(_RESERVED))
     if reserved:
         raise UserError(
             f"model.backbone_args must not set {', '.join(reserved)}: {name} starts from random "
-            "weights without a classifier"
+            "weights without a classifier, and takes model.in_channels channels"
         )
     library, _, model_name = name.partition(":")
     if library == "timm":
-        return _timm(model_name, args)
+        return _timm(model_name, {**args, "in_chans": in_channels} if in_channels != 3 else args)
     if library == "tv":
-        return _torchvision(model_name, args)
+        model, dim = _torchvision(model_name, args)
+        if in_channels != 3:
+            _first_convolution_takes(model, in_channels, name)
+        return model, dim
     raise UserError(f"unknown backbone {name!r}: external names start with timm: or tv:")
 
 
-def check_image_size(backbone: nn.Module, name: str, size: int, feature_dim: int) -> None:
+def check_image_size(
+    backbone: nn.Module, name: str, size: int, feature_dim: int, *, channels: int = 3
+) -> None:
     """Run one blank ``size`` px image through ``backbone`` (eval mode, no gradient, no RNG).
 
     A model that cannot take the training size (a ViT built for 224 px given 32 px) fails here
@@ -76,7 +86,7 @@ def check_image_size(backbone: nn.Module, name: str, size: int, feature_dim: int
     was_training = backbone.training
     try:
         with torch.no_grad():
-            out = backbone.eval()(torch.zeros(1, 3, size, size))
+            out = backbone.eval()(torch.zeros(1, channels, size, size))
     except Exception as err:  # noqa: BLE001 - any failure of the model on this input
         key = "img_size" if name.startswith("timm:") else "image_size"
         raise UserError(
@@ -142,3 +152,38 @@ def _drop_classifier(model: nn.Module) -> int | None:
                 setattr(head, key, nn.Identity())
                 return int(last.in_features)
     return None
+
+
+def _first_convolution_takes(model: nn.Module, in_channels: int, name: str) -> None:
+    """Rebuild the first ``Conv2d`` of ``model`` (its stem) for ``in_channels`` input channels.
+
+    The new convolution keeps every other setting and gets PyTorch's default initialisation
+    (the model starts from random weights anyway).
+
+    Raises:
+        UserError: the model does not start with a plain 2-D convolution taking 3 channels.
+    """
+    found = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if found is None or found[1].in_channels != 3 or found[1].groups != 1:
+        raise UserError(
+            f"{name} does not start with a 3-channel convolution to give {in_channels} "
+            "channels; use a built-in ResNet or a timm: backbone (model.in_channels)"
+        )
+    path, conv = found
+    parent_name, _, key = path.rpartition(".")
+
+    def pair(value: tuple[int, ...]) -> tuple[int, int]:
+        return value[0], value[1]
+
+    padding = conv.padding if isinstance(conv.padding, str) else pair(conv.padding)
+    replacement = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        kernel_size=pair(conv.kernel_size),
+        stride=pair(conv.stride),
+        padding=padding,
+        dilation=pair(conv.dilation),
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    setattr(model.get_submodule(parent_name), key, replacement)

@@ -265,9 +265,11 @@ class ResNetV2(nn.Module):
             max-pool) or ``cifar`` (one 3x3 stride-1 conv, no pool, with or without SK).
         zero_init_residual: Start the last batch norm of every block with gamma = 0, as the
             official code does.
+        in_channels: Channels of the input images (3 for RGB).
 
     Shape:
-        input ``[B, 3, H, W]`` -> output ``[B, feature_dim]`` with ``feature_dim = 2048 * width``.
+        input ``[B, in_channels, H, W]`` -> output ``[B, feature_dim]`` with
+        ``feature_dim = 2048 * width``.
     """
 
     def __init__(
@@ -278,6 +280,7 @@ class ResNetV2(nn.Module):
         sk_ratio: float = 0.0,
         stem: str = "imagenet",
         zero_init_residual: bool = True,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         if depth not in DEPTHS:
@@ -288,7 +291,7 @@ class ResNetV2(nn.Module):
             raise ValueError(f"unknown stem {stem!r}; choose imagenet or cifar")
         self.depth, self.width, self.sk_ratio = depth, int(width), sk_ratio
         base = 64 * self.width
-        self.stem = self._stem(base, stem, sk=sk_ratio > 0)
+        self.stem = self._stem(base, stem, sk=sk_ratio > 0, in_channels=in_channels)
         channels = base
         stages: list[nn.Module] = []
         for index, blocks in enumerate(DEPTHS[depth]):
@@ -311,18 +314,18 @@ class ResNetV2(nn.Module):
         self.reset_parameters(zero_init_residual=zero_init_residual)
 
     @staticmethod
-    def _stem(channels: int, stem: str, *, sk: bool) -> nn.Sequential:
+    def _stem(channels: int, stem: str, *, sk: bool, in_channels: int = 3) -> nn.Sequential:
         if stem == "cifar":
-            return _conv_bn(3, channels, 3)
+            return _conv_bn(in_channels, channels, 3)
         if sk:  # ResNet-C: three 3x3 convolutions instead of one 7x7
             half = channels // 2
             layers = [
-                *_conv_bn(3, half, 3, 2),
+                *_conv_bn(in_channels, half, 3, 2),
                 *_conv_bn(half, half, 3),
                 *_conv_bn(half, channels, 3),
             ]
         else:
-            layers = [*_conv_bn(3, channels, 7, 2)]
+            layers = [*_conv_bn(in_channels, channels, 7, 2)]
         return nn.Sequential(*layers, MaxPoolSame(3, 2))
 
     @torch.no_grad()

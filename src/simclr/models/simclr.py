@@ -34,13 +34,18 @@ class SimCLR(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> SimCLR:
-        """Build the image model of a :class:`ModelConfig` (registered, timm or tv backbone)."""
+        """Build the image model of a :class:`ModelConfig` (registered, timm or tv backbone).
+
+        The encoder takes ``cfg.in_channels`` channels (3 when ``None``; the image modality
+        fills in the count of the training data).
+        """
         backbone, dim = create_backbone(
             cfg.backbone,
             width=cfg.width,
             stem=cfg.stem,
             zero_init_residual=cfg.zero_init_residual,
             args=cfg.backbone_args,
+            in_channels=3 if cfg.in_channels is None else cfg.in_channels,
         )
         head = head_for_version(cfg.head, dim, cfg.head_hidden_dim, cfg.head_out_dim)
         return cls(backbone, dim, head)

@@ -60,6 +60,16 @@ def test_a_five_channel_tiff_folder_pretrains_and_evaluates_from_the_command_lin
     config = json.loads((exported / "config.json").read_text())
     assert config["input"]["shape"][1] == 5 and config["backbone"]["in_channels"] == 5
     assert input_channels(load_exported_encoder(exported)) == 5
+    # fine-tuning (from the encoder and from scratch) and distillation rebuild 5-channel nets
+    small = ["--label-fraction", "0.5", "--epochs", "1", "--batch-size", "4", "--workers", "0"]
+    assert main(["finetune", str(run), *data, *small, "--from-scratch"]) == 0
+    assert main(["finetune", str(run), *data, *small]) == 0
+    teacher = _last_json(capsys)["classifier_checkpoint"]
+    student = ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--no-progress"]
+    argv = ["distill", teacher, "--data", str(folder), "--test-data", str(folder)]
+    argv += ["--out", str(tmp_path / "student")]
+    assert main([*argv, *student]) == 0
+    assert 0 <= _last_json(capsys)["student"]["top1"] <= 100
     # RGB data for a 5-channel encoder: one line, not a shape error in a convolution
     rgb = write_image_folder(tmp_path / "rgb", classes=2, per_class=4)
     capsys.readouterr()

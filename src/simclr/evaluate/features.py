@@ -104,6 +104,7 @@ def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encode
         UserError: not a simclr checkpoint, or weights that do not fit its model config.
     """
     from simclr.modalities import modality_for
+    from simclr.modalities.image import ImageModality
 
     path = resolve_checkpoint(Path(checkpoint))
     state = load_checkpoint(path)
@@ -114,7 +115,13 @@ def load_encoder(checkpoint: Path | str, *, random_init: bool = False) -> Encode
         )
     fitted = state.get("fitted", {})
     torch.manual_seed(config.train.seed)
-    model = modality_for(config, fitted).build_model()
+    modality = modality_for(config, fitted)
+    model = modality.build_model()
+    if isinstance(modality, ImageModality) and config.model.in_channels is None:
+        # what rebuilds the network from the config alone (fine-tuning from scratch, classifier
+        # files, distillation students) needs the channel count that the fitted state holds
+        model_config = dataclasses.replace(config.model, in_channels=modality.channels)
+        config = dataclasses.replace(config, model=model_config)
     if not random_init:
         load_weights(model, state["model"], path)
         bad = nonfinite_tensors(state["model"].items())

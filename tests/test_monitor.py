@@ -81,10 +81,13 @@ def test_eval_every_needs_eval_data_and_a_valid_interval(image_folder):
 def test_pretraining_evaluates_keeps_best_and_snapshots(image_folder, tmp_path):
     run = tmp_path / "run"
     summary = pretrain(monitored_config(image_folder, keep_checkpoints=2), run)
-    during = [r for r in records(run) if "knn_top1" in r]
-    assert [r["step"] for r in during] == [2, 4, 6]
-    for r in during:
+    evaluated = [r for r in records(run) if "knn_top1" in r]
+    assert [r["step"] for r in evaluated] == [0, 2, 4, 6]  # step 0: the untrained baseline
+    assert "knn_best" not in evaluated[0]  # the baseline is never the best
+    during = evaluated[1:]
+    for r in evaluated:
         assert 0 <= r["knn_top1"] <= 100 and r["eval_s"] >= 0 and r["eval_share"] >= 0
+    for r in during:
         assert r["knn_best"] == max(d["knn_top1"] for d in during if d["step"] <= r["step"])
     training = [r for r in records(run) if "loss" in r]
     assert all(r["proj_std"] > 0 for r in training)
@@ -96,7 +99,7 @@ def test_pretraining_evaluates_keeps_best_and_snapshots(image_folder, tmp_path):
     best = max(during, key=lambda r: (r["knn_top1"], -r["step"]))
     assert load_checkpoint(run / "checkpoints" / "best.pt")["step"] == best["step"]
     assert summary["periodic_knn"]["best_step"] == best["step"]
-    assert summary["periodic_knn"]["evaluations"] == 3
+    assert summary["periodic_knn"]["evaluations"] == 4
     # keep_checkpoints=2: the two newest snapshots besides latest.pt
     names = sorted(p.name for p in (run / "checkpoints").glob("step-*.pt"))
     assert names == ["step-00000004.pt", "step-00000006.pt"]
@@ -131,8 +134,8 @@ def test_a_resumed_run_keeps_its_best_score(image_folder, tmp_path):
     run = tmp_path / "run"
     pretrain(monitored_config(image_folder, max_steps=4), run)
     first = load_checkpoint(run)["periodic_knn"]
-    assert first["evaluations"] == 2
+    assert first["evaluations"] == 3  # steps 0, 2 and 4
     summary = pretrain(monitored_config(image_folder, max_steps=6), run, resume=True)
-    assert summary["periodic_knn"]["evaluations"] == 3
+    assert summary["periodic_knn"]["evaluations"] == 4  # no second baseline on resuming
     assert summary["periodic_knn"]["best_top1"] >= first["best_top1"]
-    assert [r["step"] for r in records(run) if "knn_top1" in r] == [2, 4, 6]
+    assert [r["step"] for r in records(run) if "knn_top1" in r] == [0, 2, 4, 6]

@@ -127,13 +127,21 @@ class PeriodicKnn:
         return due
 
     def evaluate(
-        self, encoder: nn.Module, modality: Modality, device: torch.device, step: int
+        self,
+        encoder: nn.Module,
+        modality: Modality,
+        device: torch.device,
+        step: int,
+        *,
+        baseline: bool = False,
     ) -> dict[str, Any]:
         """Score ``encoder`` on the subsets (every process takes a share); the metrics record.
 
         The record holds ``knn_top1``, ``knn_top5``, ``knn_best`` (the best top-1 so far),
         ``eval_s`` (this evaluation's seconds) and ``eval_share`` (evaluation time over the
         whole run, as a fraction of training time); ``is_best`` tells whether it is a new best.
+        A ``baseline`` (the untrained network at step 0) is scored and timed but never the best,
+        and its record has no ``knn_best``.
         """
         started = time.perf_counter()
         result = evaluate_knn(
@@ -149,10 +157,10 @@ class PeriodicKnn:
         self.seconds += seconds
         self.evaluations += 1
         top1 = float(result["top1"])
-        is_best = top1 > self.best_top1
+        is_best = not baseline and top1 > self.best_top1
         if is_best:
             self.best_top1, self.best_step = top1, step
-        return {
+        record = {
             "step": step,
             "knn_top1": top1,
             "knn_top5": float(result.get("top5", math.nan)),
@@ -160,6 +168,9 @@ class PeriodicKnn:
             "eval_s": round(seconds, 2),
             "is_best": is_best,
         }
+        if baseline:
+            del record["knn_best"]
+        return record
 
     def share(self, training_seconds: float) -> float:
         """Evaluation time so far as a fraction of ``training_seconds``."""

@@ -330,6 +330,9 @@ def train_loop(run: Run) -> None:
     run.model.train()
     agreed_stop = in_step = False
     try:
+        if run.periodic_knn is not None and run.step == 0:
+            # the untrained network on the same subsets: where the curve starts from
+            _evaluate_during_training(run, clock, window, metrics, bar, baseline=True)
         while not run.budget.done(run.step, run.elapsed):
             epoch, offset = divmod(run.step, run.budget.steps_per_epoch)
             step_at_epoch_start = run.step
@@ -412,12 +415,23 @@ def _log_step(run: Run, record: dict[str, Any], metrics: MetricsLog | None, bar:
 
 
 def _evaluate_during_training(
-    run: Run, clock: StepClock, window: ThroughputWindow, metrics: MetricsLog | None, bar: tqdm[Any]
+    run: Run,
+    clock: StepClock,
+    window: ThroughputWindow,
+    metrics: MetricsLog | None,
+    bar: tqdm[Any],
+    *,
+    baseline: bool = False,
 ) -> None:
-    """The periodic kNN: score, log, keep ``best.pt``; its time is left out of training time."""
+    """The periodic kNN: score, log, keep ``best.pt``; its time is left out of training time.
+
+    ``baseline``: the untrained network at step 0 (logged, never ``best.pt``).
+    """
     assert run.periodic_knn is not None
     distributed.broadcast_buffers(run.model)  # per-process batch norm: score rank 0's model
-    record = run.periodic_knn.evaluate(run.model.backbone, run.modality, run.device, run.step)
+    record = run.periodic_knn.evaluate(
+        run.model.backbone, run.modality, run.device, run.step, baseline=baseline
+    )
     is_best = record.pop("is_best")
     clock.exclude(record["eval_s"])
     window.exclude(record["eval_s"])

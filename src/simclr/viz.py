@@ -557,8 +557,9 @@ def _run_summary(
         text += f"; kNN top-1 {max(knn)[2]:.1f}%"
         if baseline is not None:
             text += f" (random init {baseline:.1f}%)"
-    if periodic:
-        best = max(periodic, key=lambda p: p[2])
+    trained = [p for p in periodic if p[0] > 0]  # step 0 is the untrained baseline
+    if trained:
+        best = max(trained, key=lambda p: p[2])
         text += f"; best during training {best[2]:.1f}% at step {best[0]:.0f}"
     return text
 

@@ -17,17 +17,8 @@ from simclr.train import pretrain
 from tests.conftest import write_image_folder
 from tests.deep_images import write_tiff_folder
 from tests.test_cli import TINY_FLAGS
+from tests.test_cli_tools import _error_line, _last_json
 from tests.test_train import TINY
-
-
-def _last_json(capsys):
-    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-
-
-def _error_line(capsys, argv, words):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("simclr: error:") and words in err[0], err
 
 
 def test_the_multichannel_recipe_has_no_rgb_operations():

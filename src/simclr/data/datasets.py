@@ -51,9 +51,10 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -376,25 +377,26 @@ def _tiff_axes(axes: str, shape: tuple[int, ...]) -> tuple[list[int], int, int, 
     return [*rest, y, x], channels, int(shape[y]), int(shape[x])
 
 
-def _tiff_layout(source: str | BinaryIO) -> tuple[int, int, int]:
-    """(channels, height, width) of a TIFF read with tifffile, from the header only."""
+@contextmanager
+def _tiff_series(source: str | BinaryIO) -> Iterator[tuple[Any, tuple[list[int], int, int, int]]]:
+    """The first series of a TIFF opened with tifffile, and its :func:`_tiff_axes` layout."""
     tifffile = _tiff_module()
     if not isinstance(source, str):
         source.seek(0)
     with tifffile.TiffFile(source) as tif:
         series = tif.series[0]
-        _, channels, height, width = _tiff_axes(series.axes, tuple(series.shape))
-    return (3 if channels == 1 else channels), height, width
+        yield series, _tiff_axes(series.axes, tuple(series.shape))
+
+
+def _tiff_layout(source: str | BinaryIO) -> tuple[int, int, int]:
+    """(channels, height, width) of a TIFF read with tifffile, from the header only."""
+    with _tiff_series(source) as (_, (_, channels, height, width)):
+        return (3 if channels == 1 else channels), height, width
 
 
 def _tiff_pixels(source: str | BinaryIO) -> tuple[np.ndarray, str | None]:
     """:func:`decode_image` of a TIFF with tifffile: every axis but Y and X is a channel."""
-    tifffile = _tiff_module()
-    if not isinstance(source, str):
-        source.seek(0)
-    with tifffile.TiffFile(source) as tif:
-        series = tif.series[0]
-        order, channels, height, width = _tiff_axes(series.axes, tuple(series.shape))
+    with _tiff_series(source) as (series, (order, channels, height, width)):
         _check_pixels(width, height)
         pixels = np.asarray(series.asarray())
     planes = pixels.transpose(order).reshape(channels, height, width)

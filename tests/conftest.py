@@ -44,6 +44,18 @@ def files_capped_at(size: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, ignored)
 
 
+def pretrained_tiny_run(root: Path, *, classes: int = 3, per_class: int = 10) -> tuple[Path, Path]:
+    """A 3-step pretraining of ``TINY`` on a new image folder under ``root``: (run, folder)."""
+    from simclr.config import build_config
+    from simclr.train import pretrain
+    from tests.test_train import TINY  # here, not at the top: test_train imports this module
+
+    folder = write_image_folder(root / "images", classes=classes, per_class=per_class)
+    cfg = build_config(TINY, {"data": {"path": str(folder)}, "train": {"max_steps": 3}})
+    pretrain(cfg, root / "run")
+    return root / "run", folder
+
+
 def write_image_folder(
     root: Path, *, classes: int = 3, per_class: int = 8, size: int = 16, mode: str = "RGB"
 ) -> Path:

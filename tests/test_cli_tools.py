@@ -6,20 +6,13 @@ import numpy as np
 import pytest
 
 from simclr.cli import main
-from simclr.config import build_config
-from simclr.train import pretrain
 
-from .conftest import write_image_folder
-from .test_train import TINY
+from .conftest import pretrained_tiny_run, write_image_folder
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tools")
-    folder = write_image_folder(root / "images", classes=3, per_class=10)
-    cfg = build_config(TINY, {"data": {"path": str(folder)}, "train": {"max_steps": 3}})
-    pretrain(cfg, root / "run")
-    return root / "run", folder
+    return pretrained_tiny_run(tmp_path_factory.mktemp("tools"))
 
 
 def _last_json(capsys):

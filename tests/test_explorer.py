@@ -21,15 +21,12 @@ from PIL import Image
 
 from simclr import explorer
 from simclr.cli import main
-from simclr.config import build_config
 from simclr.errors import DISTRIBUTION, UserError
 from simclr.evaluate.features import Features, dataset_features, load_encoder
 from simclr.modalities import modality_for
-from simclr.train import pretrain
 
-from .conftest import write_image_folder
+from .conftest import pretrained_tiny_run
 from .modalities.test_contract import MAKERS
-from .test_train import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / ".artifacts"
@@ -52,11 +49,7 @@ DATA_URI = "data:image/png;base64,"
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 3-step run on 3 classes of 10 images (16 px), and its image folder."""
-    root = tmp_path_factory.mktemp("explorer")
-    folder = write_image_folder(root / "images", classes=3, per_class=10)
-    cfg = build_config(TINY, {"data": {"path": str(folder)}, "train": {"max_steps": 3}})
-    pretrain(cfg, root / "run")
-    return root / "run", folder
+    return pretrained_tiny_run(tmp_path_factory.mktemp("explorer"))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from simclr.cli import main
-from simclr.config import AugmentConfig, TextConfig, build_config
+from simclr.config import AugmentConfig, TextConfig
 from simclr.data import shards as shard_module
 from simclr.data.datasets import (
     MAX_IMAGE_PIXELS,
@@ -45,10 +45,8 @@ from simclr.modalities.base import file_suffixes
 from simclr.modalities.tabular.reading import read_table_file
 from simclr.modalities.text.reading import read_corpus
 from simclr.modalities.timeseries.reading import read_series
-from simclr.train import pretrain
 
-from .conftest import write_image_folder
-from .test_train import TINY
+from .conftest import pretrained_tiny_run, write_image_folder
 
 AUGMENT = AugmentConfig(size=8)
 
@@ -100,11 +98,7 @@ def _png_declaring(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("hostile")
-    folder = write_image_folder(root / "images", classes=2, per_class=6)
-    cfg = build_config(TINY, {"data": {"path": str(folder)}, "train": {"max_steps": 3}})
-    pretrain(cfg, root / "run")
-    return root / "run", folder
+    return pretrained_tiny_run(tmp_path_factory.mktemp("hostile"), classes=2, per_class=6)
 
 
 # --- defect 3: --out never replaces a checkpoint; a folder works --------------------------------

@@ -44,8 +44,8 @@ from cifar10_pretrain import add_data_arguments, cpu_model, extract
 from torch import Tensor, nn
 
 from simclr.augment.loader import TwoCrops
-from simclr.augment.views import SimCLRViews
-from simclr.config import AugmentConfig, Config, build_config, recipe_overrides
+from simclr.augment.views import SimCLRViews, progressive_size
+from simclr.config import AugmentConfig, Config, build_config, recipe_overrides, to_dict
 from simclr.losses import NTXentLoss
 from simclr.models.simclr import SimCLR
 from simclr.optim import build_optimizer
@@ -334,12 +334,12 @@ def counted_flops(fn: Callable[[], Any]) -> int:
 
 
 def part_flops(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """How far a training step is from the machine's matmul peak, in the recipe's precision."""
+    """How far a training step is from the machine's matmul peak, in the recipe's precision.
+
+    A recipe with progressive resolution is measured at each of its view sizes.
+    """
     cfg = recipe(args.recipe, device, args.batch_size)
-    dtype = autocast_for(device)  # what training uses here (fp32 on a CPU: precision auto)
-    full, bare, _ = _step_fixture(cfg, device, channels_last=cfg.model.channels_last, dtype=dtype)
-    flops = {"full_step": counted_flops(full), "bare_backbone": counted_flops(bare)}
-    medians = interleaved({"full_step": full, "bare_backbone": bare}, args.repeats, device)
+    dtype = autocast_for(device)  # what training uses here (fp32 on a CPU without bf16)
     peaks = {
         "fp32": matmul_peak(torch.float32, device, args.repeats),
         "bf16": matmul_peak(torch.bfloat16, device, args.repeats),
@@ -352,14 +352,23 @@ def part_flops(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         "threads": torch.get_num_threads(),
         "matmul_peak_gflop_s": peaks,
         "peak_used_gflop_s": reference,
+        "by_view_size": {},
     }
-    for name in ("full_step", "bare_backbone"):
-        achieved = flops[name] / medians[name] / 1e9
-        result[name] = {
-            "gflop": round(flops[name] / 1e9, 3),
-            "seconds": round(medians[name], 4),
-            "achieved_gflop_s": round(achieved, 1),
-            "fraction_of_peak": round(achieved / reference, 3),
+    for size in sorted({progressive_size(cfg.augment, i / 100) for i in range(101)}):
+        sized = build_config(to_dict(cfg), {"augment": {"size": size, "progressive_from": None}})
+        full, bare, _ = _step_fixture(
+            sized, device, channels_last=sized.model.channels_last, dtype=dtype
+        )
+        flops = {"full_step": counted_flops(full), "bare_backbone": counted_flops(bare)}
+        medians = interleaved({"full_step": full, "bare_backbone": bare}, args.repeats, device)
+        result["by_view_size"][size] = {
+            name: {
+                "gflop": round(flops[name] / 1e9, 3),
+                "seconds": round(medians[name], 4),
+                "achieved_gflop_s": round(flops[name] / medians[name] / 1e9, 1),
+                "fraction_of_peak": round(flops[name] / medians[name] / 1e9 / reference, 3),
+            }
+            for name in ("full_step", "bare_backbone")
         }
     return result
 

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -117,15 +118,18 @@ def run_once(
 
 
 def parse_variant(text: str) -> tuple[str, str, list[str]]:
-    """``NAME:RECIPE:KEY=VALUE,KEY=VALUE`` -> (name, recipe, overrides)."""
+    """``NAME:RECIPE:KEY=VALUE,KEY=VALUE`` -> (name, recipe, overrides).
+
+    Commas inside brackets belong to a value (``augment.crop_scale=[0.2,1.0]``).
+    """
     name, recipe, assignments = (text.split(":", 2) + [""])[:3]
-    return name, recipe, [a for a in assignments.split(",") if a]
+    return name, recipe, [a for a in re.split(r",(?![^\[]*\])", assignments) if a]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser)
-    parser.add_argument("--recipes", nargs="+", default=["cpu-small"])
+    parser.add_argument("--recipes", nargs="*", default=["cpu-small"])
     parser.add_argument(
         "--variant",
         action="append",

@@ -284,6 +284,30 @@ def test_budget_arithmetic():
     assert Budget(10, 5, 7, None).step_limit == 7
 
 
+def test_progress_is_the_share_of_whichever_budget_ends_training_first():
+    by_time = Budget(steps_per_epoch=10, max_epochs=5, max_steps=None, max_time=100.0)
+    assert by_time.progress(5, 50.0) == 0.5  # 10 % of the steps, half of the time
+    assert by_time.progress(40, 10.0) == 0.8  # the steps run out first
+    assert by_time.progress(50, 120.0) == 1.0
+    assert Budget(10, 5, None, None).progress(25, 1e6) == 0.5
+
+
+def test_progressive_resolution_grows_the_views_over_the_run(image_folder, tmp_path):
+    cfg = build_config(
+        TINY,
+        {
+            "data": {"path": str(image_folder)},
+            "augment": {"size": 24, "progressive_from": 0.3, "full_size_at": 0.5},
+            "train": {"max_steps": 8},
+        },
+    )
+    pretrain(cfg, tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    sizes = [json.loads(line)["view_size"] for line in lines if "view_size" in json.loads(line)]
+    # the size of step s (logged after it) is set from progress (s - 1) / 8
+    assert sizes == [8, 8, 16, 16, 24, 24, 24, 24]
+
+
 def test_batch_larger_than_dataset(image_folder, tmp_path):
     cfg = tiny_config(image_folder, batch_size=64)
     with pytest.raises(UserError, match="larger than the dataset"):

@@ -48,6 +48,11 @@ class Budget:
         remaining = max(0.0, self.max_time - elapsed)
         return max(step + 1, min(self.step_limit, step + math.ceil(remaining / seconds_per_step)))
 
+    def progress(self, step: int, elapsed: float) -> float:
+        """How far training is, 0 to 1: of the steps or of the time, whichever ends it first."""
+        by_time = 0.0 if self.max_time is None else elapsed / self.max_time
+        return min(1.0, max(step / self.step_limit, by_time))
+
     def done(self, step: int, elapsed: float) -> bool:
         """True at the first step past any budget."""
         over_time = self.max_time is not None and elapsed >= self.max_time

@@ -53,6 +53,21 @@ class AugmentConfig:
     """The SimCLR view recipe (Chen et al. 2020, appendix A). Defaults are the ImageNet preset."""
 
     size: int = 224
+    progressive_from: float | None = None
+    """Progressive resolution: the views start at this fraction of ``size`` (at least 8 px) and
+    grow in 8 px steps to ``size``, reached at ``full_size_at`` of training (of the time budget
+    under ``train.max_time``). Early steps on small views are cheap (16 px costs about a third
+    of 32 px on a CPU), so a time budget sees more images; the last part of training and every
+    evaluation are at ``size``. ``None``: always ``size``."""
+    full_size_at: float = 0.75
+    """Fraction of training from which the views are ``size`` px (with ``progressive_from``)."""
+
+    def start_size(self) -> int:
+        """Side of the first views: ``size``, or ``progressive_from`` of it (at least 8 px)."""
+        if self.progressive_from is None:
+            return self.size
+        return min(self.size, max(8, round(self.size * self.progressive_from)))
+
     crop_scale: tuple[float, float] = (0.08, 1.0)
     """Range of the crop's area as a fraction of the image's."""
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -657,6 +672,14 @@ def validate(config: Config) -> None:
         (m.in_channels is None or m.in_channels >= 1, "model.in_channels must be at least 1"),
         (m.head in ("v1", "v1-bn", "v2"), "model.head must be v1, v1-bn or v2"),
         (a.size >= 8, f"augment.size must be at least 8 px (got {a.size})"),
+        (
+            a.progressive_from is None or 0 < a.progressive_from <= 1,
+            f"augment.progressive_from must be in (0, 1] (got {a.progressive_from})",
+        ),
+        (
+            0 < a.full_size_at <= 1,
+            f"augment.full_size_at must be in (0, 1] (got {a.full_size_at})",
+        ),
         (
             0 < a.crop_scale[0] <= a.crop_scale[1] <= 1,
             "augment.crop_scale must be 0 < lo <= hi <= 1",

@@ -757,6 +757,9 @@ def _train_step(run: Run, batch: Batch, length: int, lr: float) -> tuple[Tensor,
     """Draw this step's views, take one optimisation step and count it; ``(loss, proj_std)``."""
     seed = run.cfg.train.seed
     run.views.manual_seed(view_seed(seed, run.step, run.rank))
+    set_progress = getattr(run.views, "set_progress", None)  # optional: progressive resolution
+    if set_progress is not None:
+        set_progress(run.budget.progress(run.step, run.elapsed))
     # the model's own randomness (dropout: SimCSE's noise for text) as well, so a resumed run
     # repeats it and every rank draws its own
     torch.manual_seed(derive_seed(seed, run.step, run.rank, 1))
@@ -804,6 +807,7 @@ def _log_record(
             f"loss became {run.loss} at step {run.step}; lower optim.lr or use train.precision=fp32"
         )
     rate, wait_fraction = window.close(run.step, run.cfg.train.batch_size)
+    view_size = getattr(run.views, "size", None)  # the image views' side (progressive resolution)
     return {
         "step": run.step,
         "epoch": run.step / run.budget.steps_per_epoch,
@@ -814,6 +818,7 @@ def _log_record(
         "data_wait": round(wait_fraction, 4),
         "elapsed_s": round(run.elapsed, 2),
         "planned_steps": total_steps,
+        **({"view_size": view_size} if isinstance(view_size, int) else {}),
     }
 
 

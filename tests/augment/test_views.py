@@ -5,6 +5,7 @@ import torch
 
 from simclr.augment import SimCLRViews, reference_transform, sample_view_params
 from simclr.augment import functional as AF
+from simclr.augment.views import progressive_size
 from simclr.config import AugmentConfig
 
 OFF = dict(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
@@ -99,6 +100,28 @@ def test_precropped_input_skips_crop():
         SimCLRViews(AugmentConfig(size=24))(crops)
     with pytest.raises(ValueError):
         SimCLRViews(AugmentConfig(size=16))(uint8_images(4, 3, 3, 16, 16))
+
+
+def test_progressive_sizes_grow_in_8_px_steps_to_full_size_at_the_set_fraction():
+    cfg = AugmentConfig(size=32, progressive_from=0.5, full_size_at=0.75)
+    sizes = {p: progressive_size(cfg, p) for p in (0.0, 0.37, 0.375, 0.74, 0.75, 1.0)}
+    assert sizes == {0.0: 16, 0.37: 16, 0.375: 24, 0.74: 24, 0.75: 32, 1.0: 32}
+    odd = AugmentConfig(size=96, progressive_from=0.46, full_size_at=0.5)  # starts at 44 px
+    assert [progressive_size(odd, p) for p in (0.0, 0.1, 0.49, 0.5)] == [44, 52, 92, 96]
+    assert progressive_size(AugmentConfig(size=12, progressive_from=0.1), 0.0) == 8
+    assert progressive_size(AugmentConfig(size=32), 0.0) == 32  # off without progressive_from
+
+
+@pytest.mark.parametrize("precropped", [False, True])
+def test_set_progress_changes_the_side_of_the_views(precropped):
+    views = SimCLRViews(AugmentConfig(size=32, progressive_from=0.5, full_size_at=0.5))
+    images = uint8_images(3, 2, 3, 32, 32) if precropped else uint8_images(3, 3, 40, 40)
+    assert views(images)[0].shape[-1] == 32  # full size until the loop says where it is
+    for progress, side in ((0.0, 16), (0.3, 24), (0.5, 32)):
+        views.set_progress(progress)
+        a, b = views(images)
+        assert a.shape == b.shape == (3, 3, side, side)
+        assert a.min() >= 0 and a.max() <= 1
 
 
 def test_all_stages_off_is_identity():

@@ -11,11 +11,27 @@ parameters are still drawn, so the stream of a given batch size does not depend 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclr.augment import functional as AF
 from simclr.augment.params import ViewParams, sample_view_params
 from simclr.config import AugmentConfig
+
+
+def progressive_size(cfg: AugmentConfig, progress: float) -> int:
+    """Side of the views at ``progress`` (0 to 1) of training, for progressive resolution.
+
+    From ``cfg.start_size()`` (``progressive_from`` of ``size``) the side grows linearly to
+    ``cfg.size`` at ``cfg.full_size_at``, taken in whole 8 px steps (16, 24, 32 px for 32 px
+    views from 0.5): few distinct sizes, each a shape the convolution kernels handle well.
+    Without ``progressive_from``: always ``size``.
+    """
+    start = cfg.start_size()
+    if progress >= cfg.full_size_at:
+        return cfg.size
+    grown = (cfg.size - start) * max(0.0, progress) / cfg.full_size_at
+    return min(cfg.size, start + 8 * int(grown // 8))
 
 
 class SimCLRViews(nn.Module):
@@ -50,7 +66,8 @@ class SimCLRViews(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.seed = int(seed)
-        self.blur_kernel = AF.blur_kernel_size(cfg.size, cfg.blur_kernel_fraction)
+        self.size = cfg.size
+        """Side of the views drawn now: ``cfg.size`` until :meth:`set_progress` says otherwise."""
         amounts = cfg.jitter_amounts()
         self._jitter_ops = (
             amounts[0] > 0,
@@ -81,6 +98,15 @@ class SimCLRViews(nn.Module):
                 "move it"
             )
         return generator
+
+    @property
+    def blur_kernel(self) -> int:
+        """Side of the blur kernel for views of the current :attr:`size`."""
+        return AF.blur_kernel_size(self.size, self.cfg.blur_kernel_fraction)
+
+    def set_progress(self, progress: float) -> None:
+        """Where training is (0 to 1): sets the views' side (:func:`progressive_size`)."""
+        self.size = progressive_size(self.cfg, progress)
 
     def manual_seed(self, seed: int) -> None:
         """Restart the random stream from ``seed`` (the training loop seeds every step)."""
@@ -141,22 +167,26 @@ class SimCLRViews(nn.Module):
 
         Shape:
             - images: ``[B, C, H, W]`` or ``[B, 2, C, S, S]``
-            - outputs: two ``[B, C', S, S]``, S = ``cfg.size``, C' = 3 if C = 1 else C
+            - outputs: two ``[B, C', S, S]``, S = :attr:`size` (``cfg.size`` unless progressive
+              resolution is on), C' = 3 if C = 1 else C
         """
-        size = self.cfg.size
+        size = self.size
         if images.ndim == 5:
             if images.shape[1] != 2:
                 raise ValueError(
                     f"pre-cropped input must be [B, 2, C, S, S], got {tuple(images.shape)}"
                 )
-            if tuple(images.shape[-2:]) != (size, size):
+            full = self.cfg.size
+            if tuple(images.shape[-2:]) != (full, full):
                 raise ValueError(
-                    f"pre-cropped views must be {size}x{size} (augment.size), "
+                    f"pre-cropped views must be {full}x{full} (augment.size), "
                     f"got {images.shape[-2]}x{images.shape[-1]}"
                 )
             n = images.shape[0]
             views = images.transpose(0, 1).reshape(2 * n, *images.shape[2:])
             x = AF.to_float(views)
+            if size != full:  # progressive resolution: the workers cut full-size crops
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
             params = self.sample_params(2 * n, size, size, images.device)
         elif images.ndim == 4:
             n, _, height, width = images.shape

@@ -53,6 +53,10 @@ class ViewGenerator(Protocol):
     def manual_seed(self, seed: int) -> None:
         """Restart the random stream."""
 
+    # Optional: ``set_progress(fraction)``, called before every training step with how far
+    # training is (0 to 1), for views that change over training (the image views' progressive
+    # resolution); the loop skips generators without it.
+
     def __call__(self, *batch: Tensor) -> tuple[Tensor, Tensor]:
         """Two views of every item of ``batch`` (on the batch's device)."""
         ...

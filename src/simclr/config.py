@@ -61,13 +61,6 @@ class AugmentConfig:
     evaluation are at ``size``. ``None``: always ``size``."""
     full_size_at: float = 0.75
     """Fraction of training from which the views are ``size`` px (with ``progressive_from``)."""
-
-    def start_size(self) -> int:
-        """Side of the first views: ``size``, or ``progressive_from`` of it (at least 8 px)."""
-        if self.progressive_from is None:
-            return self.size
-        return min(self.size, max(8, round(self.size * self.progressive_from)))
-
     crop_scale: tuple[float, float] = (0.08, 1.0)
     """Range of the crop's area as a fraction of the image's."""
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -115,6 +108,12 @@ class AugmentConfig:
     blur_padding: str = "reflect"
     """Border of the blur: ``reflect`` (torchvision) or ``zeros`` (the official code's ``SAME``
     convolution, which darkens the border)."""
+
+    def start_size(self) -> int:
+        """Side of the first views: ``size``, or ``progressive_from`` of it (at least 8 px)."""
+        if self.progressive_from is None:
+            return self.size
+        return min(self.size, max(8, round(self.size * self.progressive_from)))
 
     def problems(self) -> list[tuple[bool, str]]:
         """(condition, message) pairs that the settings of the official semantics must hold."""

@@ -807,7 +807,8 @@ def _log_record(
             f"loss became {run.loss} at step {run.step}; lower optim.lr or use train.precision=fp32"
         )
     rate, wait_fraction = window.close(run.step, run.cfg.train.batch_size)
-    view_size = getattr(run.views, "size", None)  # the image views' side (progressive resolution)
+    # the side of views that change it over training (the image views' progressive resolution)
+    view_size = getattr(run.views, "size", None) if hasattr(run.views, "set_progress") else None
     return {
         "step": run.step,
         "epoch": run.step / run.budget.steps_per_epoch,

@@ -361,14 +361,15 @@ def part_flops(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         )
         flops = {"full_step": counted_flops(full), "bare_backbone": counted_flops(bare)}
         medians = interleaved({"full_step": full, "bare_backbone": bare}, args.repeats, device)
+        achieved = {name: flops[name] / medians[name] / 1e9 for name in flops}
         result["by_view_size"][size] = {
             name: {
                 "gflop": round(flops[name] / 1e9, 3),
                 "seconds": round(medians[name], 4),
-                "achieved_gflop_s": round(flops[name] / medians[name] / 1e9, 1),
-                "fraction_of_peak": round(flops[name] / medians[name] / 1e9 / reference, 3),
+                "achieved_gflop_s": round(achieved[name], 1),
+                "fraction_of_peak": round(achieved[name] / reference, 3),
             }
-            for name in ("full_step", "bare_backbone")
+            for name in flops
         }
     return result
 
